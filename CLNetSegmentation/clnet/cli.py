@@ -1,0 +1,218 @@
+"""The ``clnet`` command: argument parsing and printing only; the work happens in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import ClnetError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _tqdm_progress(quiet: bool):
+    """A progress callback drawing one tqdm bar on stderr (none with --quiet)."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, file=sys.stderr, bar_format="{desc:<40.40} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def update(stage: str, fraction: float) -> None:
+        bar.set_description_str(stage)
+        bar.n = int(fraction * 1000)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import Segmenter
+    from .io import read_image
+    from .outputs import save_result
+
+    source = read_image(args.input, series_uid=args.series)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
+    update, close = _tqdm_progress(args.quiet)
+    try:
+        result = segmenter.segment(source, anatomies=args.anatomies, regions=args.regions, fast=args.fast,
+                                   force=args.force, overlap=args.overlap, progress=update)
+        written = save_result(result, args.output, source, formats=args.formats, stats=args.stats,
+                              preview=args.preview)
+    finally:
+        close()
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not args.quiet:
+        m = segmenter.manifest
+        if m.demo or not m.clinical_use:
+            print(f"note: model {m.name!r} is a demonstration model, not for clinical use.", file=sys.stderr)
+        print(f"{len(result.present)}/{len(result.requested)} requested anatomies found; "
+              f"wrote {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+def cmd_anatomies(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+
+    catalog = load_catalog()
+    available: set[str] = set()
+    model_name = None
+    if not args.all_models:
+        try:
+            from .checkpoint import read_manifest
+            from .registry import resolve_model
+
+            manifest = read_manifest(resolve_model(args.model))
+            model_name = manifest.name
+            available = {catalog.by_name(n).name for n in manifest.anatomy_owner()}
+        except ClnetError as exc:
+            if args.model:
+                raise
+            print(f"note: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(catalog.to_json(available), indent=1))
+        return 0
+    print(f"{len(catalog)} anatomies; model: {model_name or 'none'} ({len(available)} available)")
+    for region in catalog.regions():
+        print(f"\n{region}")
+        for a in catalog.in_region(region):
+            mark = "*" if a.name in available else " "
+            print(f"  {mark} {a.label:4d}  {a.name:<26} {a.display_name}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import install_model, list_models
+
+    if args.action == "list":
+        for name, path, manifest in list_models():
+            if manifest is None:
+                print(f"{name:<20} {path}  (unreadable manifest)")
+                continue
+            flag = "demo" if manifest.demo else ("clinical" if manifest.clinical_use else "research")
+            print(f"{name:<20} {len(manifest.decoders)} decoders, {len(manifest.anatomy_owner())} anatomies, "
+                  f"{flag}  {path}")
+        return 0
+    if args.path is None:
+        raise ClnetError(f"`clnet models {args.action}` needs a PATH.")
+    if args.action == "verify":
+        from .checkpoint import verify_model
+
+        m = verify_model(args.path)
+        print(f"OK: {m.name} — encoder and {len(m.decoders)} decoder(s) match their sha256 and architecture")
+        return 0
+    target = install_model(args.path, name=args.name, overwrite=args.overwrite)
+    print(f"installed {target}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+    from .io import dice_per_label, read_image
+
+    pred, ref = read_image(args.prediction).image, read_image(args.reference).image
+    scores = dice_per_label(pred, ref)
+    catalog = load_catalog()
+    rows = []
+    for label, dice in sorted(scores.items()):
+        try:
+            name = catalog.by_label(label).name
+        except (ClnetError, KeyError):
+            name = f"label_{label}"
+        rows.append({"label": label, "name": name, "dice": dice})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['label']:4d}  {r['name']:<26} {r['dice']:.4f}")
+        if rows:
+            print(f"mean Dice over {len(rows)} labels: {sum(r['dice'] for r in rows) / len(rows):.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clnet", description="CL-Net whole-body CT segmentation.")
+    p.add_argument("--version", action="version", version=f"clnet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment a CT (NIfTI, NRRD, MHA or a DICOM series folder)")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--anatomies", nargs="+", metavar="NAME", help="catalog names (see `clnet anatomies`)")
+    s.add_argument("--regions", nargs="+", metavar="REGION", help="e.g. thorax abdomen skeleton")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    s.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
+    s.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
+    s.add_argument("--formats", nargs="+", default=["nifti"], choices=["nifti", "seg.nrrd", "masks", "dicom-seg"])
+    s.add_argument("--stats", action="store_true", help="write statistics.csv (volume, HU per anatomy)")
+    s.add_argument("--preview", action="store_true", help="write preview.png")
+    s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    s.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
+    s.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
+    s.add_argument("--force", action="store_true", help="run even if the image does not look like a CT")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_segment)
+
+    a = sub.add_parser("anatomies", help="list the anatomy catalog and what the model offers")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--model", help="model folder or name (default: the bundled model)")
+    a.add_argument("--all-models", action="store_true", help=argparse.SUPPRESS)
+    a.set_defaults(func=cmd_anatomies)
+
+    m = sub.add_parser("models", help="list, verify or install models")
+    m.add_argument("action", nargs="?", default="list", choices=["list", "verify", "install"])
+    m.add_argument("path", nargs="?")
+    m.add_argument("--name", help="install under this name")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("evaluate", help="Dice per label between a prediction and a reference label map")
+    e.add_argument("prediction")
+    e.add_argument("reference")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands() -> list[Callable]:
+    """Subcommands defined next to their feature (training, import, batch) when present."""
+    found = []
+    for mod in ("clnet.training.cli", "clnet.official.cli", "clnet.batch.cli"):
+        try:
+            found.append(__import__(mod, fromlist=["register"]).register)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not mod.startswith(exc.name):
+                raise
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, traceback on request
+        if args.debug or os.environ.get("CLNET_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details and report it)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Merge the decoders' decisions into one catalog label map.
+
+Rule (documented in README): each decoder decides among its own anatomies (softmax argmax, so
+within a decoder labels never overlap). Where two decoders claim the same voxel for different
+anatomies, the claim with the higher softmax confidence wins; on a tie the decoder listed first in
+the manifest wins. Decoders that body-part gating ruled out for a slice make no claim there. An
+anatomy that two decoders both output (e.g. oesophagus) has one catalog label, so such claims
+agree. Anatomies that were not requested are dropped *after* the decoder's own argmax, so a subset
+run keeps exactly the decisions the full run makes inside each decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .sliding_window import SlabResult
+
+
+def decoder_lookup(channel_anatomies: Sequence[str], labels_by_name: Mapping[str, int],
+                   requested: set[str]) -> np.ndarray:
+    """uint8/uint16 table: head-local channel → catalog label (0 for background and unrequested)."""
+    lut = np.zeros(len(channel_anatomies) + 1, dtype=np.uint16)
+    for i, name in enumerate(channel_anatomies, start=1):
+        if name in requested:
+            lut[i] = labels_by_name[name]
+    return lut
+
+
+class LabelMerger:
+    """Accumulates slabs into a (z, y, x) catalog label map plus the winning confidence."""
+
+    def __init__(self, shape_zyx: Sequence[int], lookups: Mapping[str, np.ndarray], order: Sequence[str],
+                 dtype=np.uint8) -> None:
+        self.labels = np.zeros(tuple(shape_zyx), dtype=dtype)
+        self.confidence = np.zeros(tuple(shape_zyx), dtype=np.uint8)
+        self.lookups = dict(lookups)
+        self.order = [d for d in order if d in self.lookups]
+        self.conflicts = 0  # voxels where a later decoder overruled an earlier one
+
+    def add(self, slab: SlabResult) -> None:
+        out = self.labels[slab.z0 : slab.z1]
+        best = self.confidence[slab.z0 : slab.z1]
+        claimed = np.zeros(out.shape, dtype=bool)
+        for d in self.order:
+            if d not in slab.labels:
+                continue
+            glob = self.lookups[d][slab.labels[d]]
+            conf = slab.confidence[d]
+            claim = glob > 0
+            wins = claim & (~claimed | (conf > best))
+            self.conflicts += int(np.count_nonzero(wins & claimed & (out != glob)))
+            out[wins] = glob[wins].astype(out.dtype, copy=False)
+            best[wins] = conf[wins]
+            claimed |= claim

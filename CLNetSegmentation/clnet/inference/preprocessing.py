@@ -1,0 +1,120 @@
+"""Bring a CT onto the network's grid: orient → crop to the body → resample → normalise.
+
+Every step keeps SimpleITK geometry, so the result can be mapped back to the input's exact grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from ..manifest import Normalization, Preprocessing
+
+
+@dataclass
+class PreparedVolume:
+    """The normalised CT on the model grid (array z, y, x) and that grid's geometry."""
+
+    data: np.ndarray
+    grid: sitk.Image  # geometry only: size, spacing, origin, direction of ``data``
+    crop_index_xyz: tuple[int, int, int]
+    crop_size_xyz: tuple[int, int, int]
+
+
+def orient(image: sitk.Image, orientation: str = "LPS") -> sitk.Image:
+    """Permute/flip axes to the model's orientation (DICOM convention; exact, no interpolation)."""
+    return sitk.DICOMOrient(image, orientation)
+
+
+def body_bounding_box(image: sitk.Image, threshold_hu: float, margin_mm: float = 10.0) -> tuple[list[int], list[int]]:
+    """Index box (x, y, z start and size) around the largest connected region above ``threshold_hu``.
+
+    Found on a coarse copy (about 6 mm) because only the box is needed; returns the whole image
+    when nothing exceeds the threshold.
+    """
+    size = list(image.GetSize())
+    spacing = image.GetSpacing()
+    step = [max(1, int(round(6.0 / s))) for s in spacing]
+    arr = sitk.GetArrayViewFromImage(image)[:: step[2], :: step[1], :: step[0]]
+    mask = arr > threshold_hu
+    if not mask.any():
+        return [0, 0, 0], size
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        mask = lab == int(counts.argmax())
+    zz, yy, xx = (np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3))
+    lo_zyx = [zz[0], yy[0], xx[0]]
+    hi_zyx = [zz[-1] + 1, yy[-1] + 1, xx[-1] + 1]
+    start, extent = [], []
+    for ax_xyz in range(3):
+        ax_zyx = 2 - ax_xyz
+        m = int(np.ceil(margin_mm / spacing[ax_xyz]))
+        lo = max(0, lo_zyx[ax_zyx] * step[ax_xyz] - m)
+        hi = min(size[ax_xyz], hi_zyx[ax_zyx] * step[ax_xyz] + m)
+        start.append(int(lo))
+        extent.append(int(hi - lo))
+    return start, extent
+
+
+def resample_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float], interpolator=sitk.sitkLinear,
+                        default_value: float = 0.0) -> sitk.Image:
+    """Resample onto a grid with the same direction and physical extent (edges aligned)."""
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.array(spacing_xyz, dtype=float)
+    size = np.array(image.GetSize())
+    new_size = np.maximum(1, np.round(size * old_spacing / new_spacing)).astype(int)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    shift = direction @ ((new_spacing - old_spacing) / 2.0)
+    origin = np.array(image.GetOrigin()) + shift
+    return sitk.Resample(
+        image, [int(v) for v in new_size], sitk.Transform(), interpolator, origin.tolist(), new_spacing.tolist(),
+        image.GetDirection(), default_value, image.GetPixelID(),
+    )
+
+
+def normalize_ct(data: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Clip to the model's HU window, then z-score with the model's statistics (in place, float32)."""
+    np.clip(data, norm.clip_low, norm.clip_high, out=data)
+    data -= np.float32(norm.mean)
+    data /= np.float32(norm.std)
+    return data
+
+
+def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_body: bool = True) -> PreparedVolume:
+    """Orient, crop to the body, resample to the model (or fast) spacing and normalise."""
+    oriented = orient(image, prep.orientation)
+    if crop_to_body:
+        start, extent = body_bounding_box(oriented, prep.body_threshold_hu)
+    else:
+        start, extent = [0, 0, 0], list(oriented.GetSize())
+    cropped = sitk.RegionOfInterest(oriented, extent, start)
+    cropped = sitk.Cast(cropped, sitk.sitkFloat32)
+    spacing_zyx = prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx
+    resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0)
+    data = sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
+    data = normalize_ct(data, prep.normalization)
+    grid = sitk.Image(resampled.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(resampled)
+    return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
+
+
+def labels_to_input_grid(labels_zyx: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Nearest-neighbour map of model-grid labels onto the input image's own grid (world coordinates).
+
+    Labels stay labels (no blending), and voxels outside the processed region become 0.
+    """
+    lab = sitk.GetImageFromArray(labels_zyx)
+    lab.CopyInformation(grid)
+    return sitk.Resample(lab, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
+
+
+def labels_to_model_grid(labels: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """Nearest-neighbour map of a label image (any orientation) onto a model grid; used by training."""
+    out = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    return sitk.GetArrayFromImage(out)

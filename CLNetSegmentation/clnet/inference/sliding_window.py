@@ -1,0 +1,141 @@
+"""Sliding-window inference over the model grid, shared encoder, z-banded accumulation.
+
+Tiles are visited row by row along z. Each tile runs the encoder once and then only the decoders
+that are active for it. Gaussian-weighted softmax outputs are accumulated in a band one patch deep;
+as soon as the next row starts, the finished slab is turned into labels (argmax) and confidences
+(uint8) and handed to ``on_slab``. So memory holds (classes × patch depth × Y × X), never
+(classes × whole volume).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data.utils import compute_importance_map
+
+from ..model import CLNet
+
+
+@dataclass
+class SlabResult:
+    """Decisions for the z range [z0, z1) of the model grid, per decoder."""
+
+    z0: int
+    z1: int
+    labels: dict[str, np.ndarray]  # head-local argmax, uint8, (z, Y, X)
+    confidence: dict[str, np.ndarray]  # max softmax probability × 255, uint8
+
+
+def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Evenly spread tile starts covering [0, size) with at least ``overlap`` between neighbours."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = math.ceil((size - patch) / step) + 1
+    return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
+
+
+def count_tiles(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: float) -> int:
+    return math.prod(len(tile_starts(max(s, p), p, overlap)) for s, p in zip(shape_zyx, patch_zyx))
+
+
+def autocast_context(device: torch.device):
+    """bf16/fp16 autocast on CUDA; float32 elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def sliding_window(
+    network: CLNet,
+    volume: np.ndarray,
+    decoders: Sequence[str],
+    patch_zyx: Sequence[int],
+    overlap: float,
+    on_slab: Callable[[SlabResult], None],
+    device: torch.device,
+    batch_size: int = 1,
+    sigma_scale: float = 0.125,
+    pad_value: float = 0.0,
+    active_decoders: Callable[[int, int], Sequence[str]] | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run ``network`` over ``volume`` (z, y, x, normalised) and stream per-slab decisions.
+
+    ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
+    [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel.
+    """
+    patch = [int(p) for p in patch_zyx]
+    shape = volume.shape
+    padded_shape = [max(s, p) for s, p in zip(shape, patch)]
+    pad = [(0, ps - s) for s, ps in zip(shape, padded_shape)]
+    vol = np.pad(volume, pad, constant_values=pad_value) if any(p[1] for p in pad) else volume
+    vol_t = torch.from_numpy(np.ascontiguousarray(vol))
+
+    starts = [tile_starts(s, p, overlap) for s, p in zip(padded_shape, patch)]
+    total = math.prod(len(s) for s in starts)
+    importance = compute_importance_map(patch, mode="gaussian", sigma_scale=sigma_scale, device=device)
+    importance = importance.float().clamp_min(1e-4)  # edges keep a small weight so no voxel is left empty
+
+    n_classes = {d: network.decoders[d].config.num_classes for d in decoders}
+    band_depth, Y, X = patch[0], padded_shape[1], padded_shape[2]
+
+    def new_band() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        acc = {d: torch.zeros((n_classes[d], band_depth, Y, X), device=device) for d in decoders}
+        return acc, torch.zeros((band_depth, Y, X), device=device)
+
+    acc, weight = new_band()
+    band_z = 0
+    done = 0
+
+    def flush(upto: int) -> None:
+        """Decide [band_z, upto) and shift the band so it starts at ``upto``."""
+        nonlocal acc, weight, band_z
+        n = upto - band_z
+        if n <= 0:
+            return
+        real_end = min(upto, shape[0])
+        keep = real_end - band_z
+        if keep > 0:
+            labels, conf = {}, {}
+            w = weight[:keep, : shape[1], : shape[2]].clamp_min(1e-8)
+            for d in decoders:
+                a = acc[d][:, :keep, : shape[1], : shape[2]]
+                best, arg = a.max(dim=0)
+                labels[d] = arg.to(torch.uint8).cpu().numpy()
+                conf[d] = (best / w * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+            on_slab(SlabResult(band_z, real_end, labels, conf))
+        for d in decoders:
+            acc[d] = torch.cat([acc[d][:, n:], torch.zeros_like(acc[d][:, :n])], dim=1)
+        weight = torch.cat([weight[n:], torch.zeros_like(weight[:n])], dim=0)
+        band_z = upto
+
+    for z0 in starts[0]:
+        flush(z0)
+        row = [(z0, y0, x0) for y0 in starts[1] for x0 in starts[2]]
+        active = list(active_decoders(z0, min(z0 + patch[0], shape[0])) if active_decoders else decoders)
+        for b in range(0, len(row), batch_size):
+            batch_pos = row[b : b + batch_size]
+            if active:
+                tiles = torch.stack(
+                    [vol_t[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch_pos]
+                )[:, None].to(device, non_blocking=True)
+                with autocast_context(device):
+                    out = network(tiles, decoders=active)
+                for d in active:
+                    probs = torch.softmax(out[d].float(), dim=1) * importance
+                    for i, (_, y, x) in enumerate(batch_pos):
+                        acc[d][:, :, y : y + patch[1], x : x + patch[2]] += probs[i]
+            for _, y, x in batch_pos:
+                weight[:, y : y + patch[1], x : x + patch[2]] += importance
+            done += len(batch_pos)
+            if on_tile is not None:
+                on_tile(done, total)
+    flush(starts[0][-1] + patch[0])

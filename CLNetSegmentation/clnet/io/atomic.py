@@ -1,0 +1,97 @@
+"""Write files so that readers never see a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ClnetError, OutputError
+
+
+def _format_suffix(path: Path) -> str:
+    """Suffix(es) that select the file format, e.g. '.nii.gz' or '.nrrd'."""
+    suffixes = path.suffixes
+    if len(suffixes) >= 2 and suffixes[-1].lower() == ".gz":
+        return "".join(suffixes[-2:])
+    return path.suffix
+
+
+def _prepare_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create output folder '{folder}' ({exc.strerror or exc}).",
+            "Choose another output location or fix its permissions.",
+        ) from None
+    if not folder.is_dir():
+        raise OutputError(f"Output location '{folder}' is not a folder.", "Choose another output location.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"Output folder '{folder}' is not writable.",
+            "Choose another output location or fix its permissions.",
+        )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it onto ``path``.
+
+    On any failure the temp file is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"Output path '{path}' is an existing folder.", "Give a file name instead.")
+    _prepare_folder(path.parent)
+    # The temp name keeps the format suffix so that writers that pick a format by extension work.
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{_format_suffix(path)}")
+    try:
+        write(tmp)
+        if not tmp.is_file():
+            raise OutputError(f"Writing '{path}' produced no file.", "Report this as a bug.")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except ClnetError:
+        _remove(tmp)
+        raise
+    except OSError as exc:
+        _remove(tmp)
+        raise OutputError(
+            f"Cannot write '{path}' ({exc.strerror or exc}).",
+            "Check free disk space and permissions of the output folder.",
+        ) from None
+    except RuntimeError as exc:
+        # SimpleITK reports write failures (disk full, permission) as RuntimeError.
+        _remove(tmp)
+        if "SimpleITK" not in str(exc) and "ITK" not in str(exc):
+            raise
+        raise OutputError(
+            f"Cannot write '{path}': the image writer failed.",
+            "Check free disk space and permissions of the output folder.",
+        ) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem, hence best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,138 @@
+"""DICOM Segmentation objects (highdicom) referencing the source CT series."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..catalog.anatomy import Anatomy
+from ..catalog.terminology import Code
+from ..errors import ClnetError, InputError
+from .atomic import atomic_write
+
+# Used when an anatomy has no coded terminology: "Anatomical structure" is valid for both slots.
+_FALLBACK_CODE = Code("SCT", "91723000", "Anatomical Structure")
+_MANUFACTURER = "CLNet"
+
+
+def _import_highdicom():
+    try:
+        import highdicom as hd
+        import pydicom
+    except ImportError:
+        raise ClnetError(
+            "DICOM-SEG output needs the optional packages highdicom and pydicom.",
+            "Install them with `pip install clnet-segmentation[dicomseg]`.",
+        ) from None
+    return hd, pydicom
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+    except ImportError:
+        return "0"
+    return str(__version__)
+
+
+def _coded(hd, code: Code):
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _load_sources(pydicom, dicom_files: Sequence[Path]) -> list:
+    """Read source headers; fill UIDs that anonymisers blank out (in memory only, files untouched)."""
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in dicom_files]
+    first = datasets[0]
+    anchor = [str(first.get("FrameOfReferenceUID", "")), str(dicom_files[0].parent)]
+    # Deterministic fillers so that every slice (and a rerun) agrees on the same study/series.
+    study = first.get("StudyInstanceUID") or pydicom.uid.generate_uid(entropy_srcs=["study", *anchor])
+    series = first.get("SeriesInstanceUID") or pydicom.uid.generate_uid(entropy_srcs=["series", *anchor])
+    for ds, path in zip(datasets, dicom_files):
+        meta = getattr(ds, "file_meta", None)
+        if not ds.get("SOPClassUID") and meta is not None:
+            ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
+        if not ds.get("SOPInstanceUID"):
+            uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
+            ds.SOPInstanceUID = uid or pydicom.uid.generate_uid(entropy_srcs=["sop", str(path)])
+        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or study
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or series
+    return datasets
+
+
+def write_dicom_seg(
+    labels: sitk.Image, dicom_files: Sequence[Path], anatomies: Sequence[Anatomy], path: Path
+) -> None:
+    """Write a BINARY DICOM-SEG with one segment per anatomy present in ``labels``.
+
+    ``labels`` must be on the grid of the series: slice ``k`` of the image is ``dicom_files[k]``
+    (the order :func:`clnet.io.read_image` returns).
+    """
+    hd, pydicom = _import_highdicom()
+    size = labels.GetSize()
+    if len(dicom_files) != size[2]:
+        raise InputError(
+            f"The label image has {size[2]} slices but the DICOM series has {len(dicom_files)} files.",
+            "DICOM-SEG needs labels on the grid of the DICOM series they were computed from.",
+        )
+    array = sitk.GetArrayFromImage(labels)
+    counts = np.bincount(array.ravel(), minlength=1) if array.size else np.zeros(1, int)
+    present = [
+        a for a in sorted(anatomies, key=lambda a: a.label) if a.label < len(counts) and counts[a.label]
+    ]
+    if not present:
+        raise InputError(
+            "The segmentation contains none of the requested anatomies; a DICOM-SEG needs at least one segment.",
+            "Check the selected structures or write another output format.",
+        )
+    # DICOM segment numbers must run 1..n, so catalog labels are remapped.
+    lut = np.zeros(len(counts), dtype=np.uint16 if len(present) > 255 else np.uint8)
+    for number, anatomy in enumerate(present, start=1):
+        lut[anatomy.label] = number
+    pixels = lut[array]
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="CLNet",
+        family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
+        version=_version(),
+    )
+    descriptions = []
+    for number, anatomy in enumerate(present, start=1):
+        term = anatomy.terminology
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=anatomy.display_name[:64],
+            segmented_property_category=_coded(hd, term.category if term else _FALLBACK_CODE),
+            segmented_property_type=_coded(hd, term.type if term else _FALLBACK_CODE),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=anatomy.name,
+            tracking_uid=hd.UID(),
+            display_color=hd.color.CIELabColor.from_rgb(*anatomy.color),
+        )
+        if term and term.modifier:
+            # The modifier (e.g. laterality) lives inside the property type item.
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _coded(hd, term.modifier)
+            ]
+        descriptions.append(description)
+
+    sources = _load_sources(pydicom, dicom_files)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=_MANUFACTURER,
+        manufacturer_model_name="CLNet segmentation",
+        software_versions=_version(),
+        device_serial_number="0",
+        series_description="CLNet segmentation",
+    )
+    atomic_write(Path(path), lambda tmp: seg.save_as(str(tmp)))

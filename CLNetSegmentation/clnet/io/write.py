@@ -1,0 +1,46 @@
+"""Write label images and JSON outputs atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import OutputError
+from .atomic import atomic_write
+from .seg_nrrd import write_seg_nrrd
+
+__all__ = ["atomic_write", "write_json", "write_label_image", "write_seg_nrrd"]
+
+_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def write_label_image(labels: sitk.Image, path: Path) -> None:
+    """Write a label map (compressed NIfTI, NRRD or MHA, chosen by extension), keeping its pixel type."""
+    path = Path(path)
+    if not path.name.lower().endswith(_LABEL_SUFFIXES):
+        raise OutputError(
+            f"Unsupported label image extension for '{path}'.",
+            "Use .nii.gz, .nii, .nrrd or .mha (or .seg.nrrd / .dcm for the Slicer / DICOM-SEG outputs).",
+        )
+    atomic_write(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars/arrays and paths show up in statistics and run metadata.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as UTF-8 JSON (indent 2) atomically."""
+    text = json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,183 @@
+"""The model manifest: everything needed to rebuild and run a model, as plain JSON.
+
+A model is a directory holding ``manifest.json``, one safetensors file for the encoder and one per
+decoder. Adding a decoder = adding a file and an entry under ``decoders``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelError
+from .model.config import DecoderConfig, EncoderConfig
+
+FORMAT_NAME = "clnet-model"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class Normalization:
+    """CT intensity normalization: clip to [clip_low, clip_high] HU, then (x - mean) / std."""
+
+    clip_low: float = -1024.0
+    clip_high: float = 1500.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"clip_low": self.clip_low, "clip_high": self.clip_high, "mean": self.mean, "std": self.std}
+
+
+@dataclass
+class Preprocessing:
+    """How a CT is brought to the network's grid. Sizes and spacings are in (z, y, x) order."""
+
+    spacing_zyx: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    fast_spacing_zyx: tuple[float, float, float] | None = None
+    patch_size_zyx: tuple[int, int, int] = (112, 96, 128)
+    orientation: str = "LPS"
+    normalization: Normalization = field(default_factory=Normalization)
+    overlap: float = 0.5
+    gaussian_sigma_scale: float = 0.125
+    body_threshold_hu: float = -500.0
+
+    def to_dict(self) -> dict:
+        return {
+            "spacing_zyx": list(self.spacing_zyx),
+            "fast_spacing_zyx": list(self.fast_spacing_zyx) if self.fast_spacing_zyx else None,
+            "patch_size_zyx": list(self.patch_size_zyx),
+            "orientation": self.orientation,
+            "normalization": self.normalization.to_dict(),
+            "overlap": self.overlap,
+            "gaussian_sigma_scale": self.gaussian_sigma_scale,
+            "body_threshold_hu": self.body_threshold_hu,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        fast = d.get("fast_spacing_zyx")
+        return cls(
+            spacing_zyx=tuple(float(v) for v in d["spacing_zyx"]),
+            fast_spacing_zyx=tuple(float(v) for v in fast) if fast else None,
+            patch_size_zyx=tuple(int(v) for v in d["patch_size_zyx"]),
+            orientation=d.get("orientation", "LPS"),
+            normalization=Normalization(**d.get("normalization", {})),
+            overlap=float(d.get("overlap", 0.5)),
+            gaussian_sigma_scale=float(d.get("gaussian_sigma_scale", 0.125)),
+            body_threshold_hu=float(d.get("body_threshold_hu", -500.0)),
+        )
+
+
+@dataclass
+class DecoderEntry:
+    """One decoding head: output channel i (1-based) is ``anatomies[i - 1]`` (catalog names)."""
+
+    name: str
+    anatomies: list[str]
+    config: DecoderConfig
+    file: str = ""
+    sha256: str = ""
+    bodypart_range: tuple[float, float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "anatomies": list(self.anatomies),
+            "architecture": self.config.to_dict(),
+            "file": self.file,
+            "sha256": self.sha256,
+            "bodypart_range": list(self.bodypart_range) if self.bodypart_range else None,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> DecoderEntry:
+        rng = d.get("bodypart_range")
+        return cls(
+            name=name,
+            anatomies=list(d["anatomies"]),
+            config=DecoderConfig.from_dict(d["architecture"]),
+            file=d.get("file", ""),
+            sha256=d.get("sha256", ""),
+            bodypart_range=(float(rng[0]), float(rng[1])) if rng else None,
+            info=dict(d.get("info", {})),
+        )
+
+
+@dataclass
+class Manifest:
+    name: str
+    encoder: EncoderConfig
+    preprocessing: Preprocessing
+    decoders: dict[str, DecoderEntry]
+    description: str = ""
+    version: str = "0"
+    demo: bool = True
+    clinical_use: bool = False
+    variant: str = "clnet-v1"
+    encoder_file: str = "encoder.safetensors"
+    encoder_sha256: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def anatomy_owner(self) -> dict[str, str]:
+        """Catalog name → the decoder that outputs it (the first one listed wins for duplicates)."""
+        owner: dict[str, str] = {}
+        for dec in self.decoders.values():
+            for a in dec.anatomies:
+                owner.setdefault(a, dec.name)
+        return owner
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "demo": self.demo,
+            "clinical_use": self.clinical_use,
+            "variant": self.variant,
+            "encoder": {"architecture": self.encoder.to_dict(), "file": self.encoder_file, "sha256": self.encoder_sha256},
+            "preprocessing": self.preprocessing.to_dict(),
+            "decoders": {n: d.to_dict() for n, d in self.decoders.items()},
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        if d.get("format") != FORMAT_NAME:
+            raise ModelError(
+                f"manifest.json is not a CLNet model manifest (format={d.get('format')!r}).",
+                "Point --model to a folder made by `clnet train`, `clnet import-official` or shipped with clnet.",
+            )
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise ModelError(
+                f"This model uses manifest format {d.get('format_version')}, newer than this clnet ({FORMAT_VERSION}).",
+                "Upgrade clnet-segmentation.",
+            )
+        try:
+            enc = d["encoder"]
+            return cls(
+                name=d["name"],
+                encoder=EncoderConfig.from_dict(enc["architecture"]),
+                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                decoders={n: DecoderEntry.from_dict(n, v) for n, v in d["decoders"].items()},
+                description=d.get("description", ""),
+                version=str(d.get("version", "0")),
+                demo=bool(d.get("demo", True)),
+                clinical_use=bool(d.get("clinical_use", False)),
+                variant=d.get("variant", "clnet-v1"),
+                encoder_file=enc.get("file", "encoder.safetensors"),
+                encoder_sha256=enc.get("sha256", ""),
+                provenance=dict(d.get("provenance", {})),
+                metrics=dict(d.get("metrics", {})),
+                extra=dict(d.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc

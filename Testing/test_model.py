@@ -1,0 +1,75 @@
+"""The CL-Net network: shapes, decoder selection, official-size parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from clnet.model import CLNet, DecoderConfig, EncoderConfig
+from clnet.model.factory import tiny_encoder
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_official_layout_parameter_counts():
+    enc = EncoderConfig()
+    net = CLNet(enc, {"full": DecoderConfig.default_for(enc, 28), "quarter": DecoderConfig.default_for(enc, 28, 0.25)})
+    assert enc.features == (32, 64, 128, 256, 320, 320)
+    assert enc.divisor == (16, 32, 32)
+    # nnU-Net v1 sizes: encoder 14.0 M, one full decoder ≈ 17.2 M parameters.
+    assert 13.9e6 < n_params(net.encoder) < 14.1e6
+    assert 17.1e6 < n_params(net.decoders["full"]) < 17.3e6
+    assert n_params(net.decoders["quarter"]) < n_params(net.decoders["full"]) / 6
+
+
+def test_forward_runs_only_requested_decoders_and_encoder_once():
+    enc = tiny_encoder()
+    net = CLNet(enc, {"a": DecoderConfig.default_for(enc, 3), "b": DecoderConfig.default_for(enc, 5)}).eval()
+    calls = []
+    net.encoder.register_forward_hook(lambda *a: calls.append("enc"))
+    for name in ("a", "b"):
+        net.decoders[name].register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    x = torch.randn(2, 1, 8, 32, 32)
+    with torch.no_grad():
+        out = net(x, decoders=["b"])
+    assert list(out) == ["b"] and out["b"].shape == (2, 5, 8, 32, 32)
+    assert calls == ["enc", "b"]
+    calls.clear()
+    with torch.no_grad():
+        both = net(x)
+    assert calls == ["enc", "a", "b"] and both["a"].shape == (2, 3, 8, 32, 32)
+    with pytest.raises(KeyError, match="unknown decoder"):
+        net(x, decoders=["nope"])
+
+
+def test_deep_supervision_outputs_full_resolution_first():
+    enc = tiny_encoder()
+    net = CLNet(enc, {"a": DecoderConfig.default_for(enc, 4)})
+    outs = net(torch.randn(1, 1, 8, 32, 32), deep_supervision=True)["a"]
+    assert [tuple(o.shape[2:]) for o in outs] == [(8, 32, 32), (8, 16, 16), (4, 8, 8)]
+
+
+def test_decoder_with_narrow_channels_and_add_decoder():
+    enc = tiny_encoder()
+    narrow = DecoderConfig(num_classes=2, channels=((5, 3, 2), (4, 4, 1), (2, 2, 2)))
+    net = CLNet(enc, {"a": DecoderConfig.default_for(enc, 3)})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.add_decoder("narrow", narrow)
+    assert net(torch.randn(1, 1, 8, 32, 32), decoders=["narrow"])["narrow"].shape == (1, 2, 8, 32, 32)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError):
+        net.add_decoder("a", narrow)
+
+
+def test_layer_order_conv_norm_lrelu_and_last_conv_linear():
+    enc = tiny_encoder()
+    net = CLNet(enc, {"a": DecoderConfig.default_for(enc, 3)})
+    block = net.encoder.stages[1][0]
+    assert [type(m).__name__ for m in block] == ["Conv3d", "InstanceNorm3d", "LeakyReLU"]
+    assert block.conv.stride == (1, 2, 2) and block.act.negative_slope == 0.01
+    level = net.decoders["a"].levels[-1]
+    assert type(level.blocks[-1].act).__name__ == "Identity"
+    assert type(level.blocks[0].act).__name__ == "LeakyReLU"
+    assert level.up.bias is None and level.head.bias is None

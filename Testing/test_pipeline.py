@@ -1,0 +1,194 @@
+"""The inference pipeline end to end on the real CT with a random-weight model (see conftest):
+geometry round trips, subsets, merge rule, progress and cancel."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from clnet.errors import CancelledError, ClnetError
+from clnet.inference import Segmenter
+from clnet.inference.merge import LabelMerger
+from clnet.inference.preprocessing import labels_to_input_grid, resample_to_spacing
+from clnet.inference.sliding_window import SlabResult, tile_starts
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model_dir):
+    return Segmenter(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ct(ct_crop):
+    return sitk.ReadImage(str(ct_crop))
+
+
+@pytest.fixture(scope="module")
+def full(segmenter, ct):
+    return segmenter.segment(ct)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+            and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
+
+
+def flipped_same_world(img: sitk.Image, axis_xyz: int) -> sitk.Image:
+    """The same world image stored with one array axis reversed (direction and origin adjusted)."""
+    arr = sitk.GetArrayFromImage(img)
+    out = sitk.GetImageFromArray(np.flip(arr, axis=2 - axis_xyz).copy())
+    out.SetSpacing(img.GetSpacing())
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    idx = [0, 0, 0]
+    idx[axis_xyz] = img.GetSize()[axis_xyz] - 1
+    out.SetOrigin(img.TransformIndexToPhysicalPoint(idx))
+    d[:, axis_xyz] *= -1
+    out.SetDirection(d.ravel().tolist())
+    return out
+
+
+def permuted_same_world(img: sitk.Image) -> sitk.Image:
+    """The same world image stored with x and z swapped."""
+    arr = sitk.GetArrayFromImage(img)  # z, y, x
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
+    sp = img.GetSpacing()
+    out.SetSpacing((sp[2], sp[1], sp[0]))
+    out.SetOrigin(img.GetOrigin())
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    out.SetDirection(d[:, [2, 1, 0]].ravel().tolist())
+    return out
+
+
+def test_output_is_on_the_input_grid_with_catalog_labels(full, ct, segmenter):
+    assert same_grid(full.labels, ct)
+    assert full.labels.GetPixelID() == sitk.sitkUInt8
+    values = set(np.unique(full.array()).tolist()) - {0}
+    allowed = {a.label for a in segmenter.available}
+    assert values and values <= allowed
+    assert {a.label for a in full.present} == values
+    assert full.settings["decoders_run"] == ["abdomen", "spine"]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_flipped_axes_give_the_same_labels_voxel_for_voxel(segmenter, ct, full, axis):
+    flipped = flipped_same_world(ct, axis)
+    res = segmenter.segment(flipped)
+    assert same_grid(res.labels, flipped)
+    back = np.flip(sitk.GetArrayFromImage(res.labels), axis=2 - axis)
+    np.testing.assert_array_equal(back, full.array())
+
+
+def test_permuted_axes_give_the_same_labels(segmenter, ct, full):
+    perm = permuted_same_world(ct)
+    res = segmenter.segment(perm)
+    assert same_grid(res.labels, perm)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(res.labels).transpose(2, 1, 0), full.array())
+
+
+def test_oblique_direction_keeps_voxel_alignment(segmenter, ct, full):
+    """Rotating the whole image (direction matrix) must rotate the result with it: same voxels."""
+    oblique = sitk.Image(ct)
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    oblique.SetDirection((rot @ np.array(ct.GetDirection()).reshape(3, 3)).ravel().tolist())
+    res = segmenter.segment(oblique)
+    assert same_grid(res.labels, oblique)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(res.labels), full.array())
+
+
+def test_left_handed_direction_is_handled(segmenter, ct):
+    lh = flipped_same_world(ct, 0)
+    d = np.array(lh.GetDirection()).reshape(3, 3)
+    assert np.linalg.det(d) < 0
+    assert same_grid(segmenter.segment(lh).labels, lh)
+
+
+def test_subset_matches_full_run_inside_each_decoder(segmenter, ct, full):
+    sub = segmenter.segment(ct, anatomies=["spleen", "Kidney_L"])  # aliases accepted
+    assert [a.name for a in sub.requested] == sorted(["Spleen", "Kidney_L"], key=lambda n: segmenter.catalog.by_name(n).label)
+    assert sub.settings["decoders_run"] == ["abdomen"]
+    subset = {a.label for a in sub.requested}
+    f, s = full.array(), sub.array()
+    assert set(np.unique(s).tolist()) <= subset | {0}
+    # Where the full run says Spleen/Kidney_L, so does the subset run.
+    in_full = np.isin(f, list(subset))
+    np.testing.assert_array_equal(s[in_full], f[in_full])
+    # Anything else the subset run labels was, in the full run, won by the spine decoder (a
+    # cross-decoder conflict the subset run cannot see) — never background, never another label
+    # of the abdomen decoder.
+    spine_only = {segmenter.catalog.by_name(n).label for n in ("Bone_Vert_L1", "Bone_Vert_L2")}
+    extra = (s > 0) & ~in_full
+    assert set(np.unique(f[extra]).tolist()) <= spine_only | {segmenter.catalog.by_name("Liver").label}
+
+
+def test_region_selection_and_unavailable_anatomy(segmenter):
+    assert {a.name for a in segmenter.resolve(regions=["skeleton"])} == {"Bone_Vert_L1", "Bone_Vert_L2"}
+    with pytest.raises(ClnetError, match="cannot segment Heart"):
+        segmenter.resolve(anatomies=["Heart"])
+    with pytest.raises(ClnetError, match="segments nothing"):
+        segmenter.resolve(regions=["lns-hn"])
+
+
+def test_fast_mode_runs_on_the_coarser_grid(segmenter, ct):
+    res = segmenter.segment(ct, fast=True)
+    assert res.settings["fast"] and res.settings["spacing_zyx"] == [6.0, 6.0, 6.0]
+    assert same_grid(res.labels, ct)
+
+
+def test_progress_reaches_one_and_cancel_stops(segmenter, ct):
+    seen = []
+    segmenter.segment(ct, anatomies=["Liver"], progress=lambda stage, f: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    stop = threading.Event()
+
+    def cancel_at_first_tile(stage, fraction):
+        if stage.startswith("Network: tile"):
+            stop.set()
+
+    with pytest.raises(CancelledError):
+        segmenter.segment(ct, progress=cancel_at_first_tile, cancel=stop)
+
+
+def test_input_image_is_not_modified(segmenter, ct):
+    before = sitk.GetArrayFromImage(ct).copy()
+    geometry = (ct.GetOrigin(), ct.GetSpacing(), ct.GetDirection())
+    segmenter.segment(ct, anatomies=["Liver"])
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ct), before)
+    assert (ct.GetOrigin(), ct.GetSpacing(), ct.GetDirection()) == geometry
+
+
+def test_labels_round_trip_through_a_finer_grid_without_shift():
+    """Model grid → input grid is nearest neighbour in world coordinates: a block pattern at 3 mm
+    lands on a 1 mm grid with its edges at the right physical place and no new values."""
+    grid = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    grid.SetSpacing((3, 3, 3))
+    grid.SetOrigin((1.0, 2.0, 3.0))
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:5, 3:7, 4:8] = 7
+    fine = resample_to_spacing(grid, (1, 1, 1), sitk.sitkNearestNeighbor)
+    out = sitk.GetArrayFromImage(labels_to_input_grid(labels, grid, fine))
+    assert set(np.unique(out).tolist()) == {0, 7}
+    zs, ys, xs = np.nonzero(out == 7)
+    # 3 mm voxels 4..7 along x span 4*3-1.5 .. 7*3+1.5 mm relative to the origin → 12 fine voxels.
+    assert xs.max() - xs.min() + 1 == 12 and ys.max() - ys.min() + 1 == 12 and zs.max() - zs.min() + 1 == 9
+
+
+def test_tile_starts_cover_the_axis():
+    for size, patch in [(10, 32), (32, 32), (100, 32), (129, 64)]:
+        starts = tile_starts(max(size, patch), patch, 0.5)
+        assert starts[0] == 0 and starts[-1] + patch == max(size, patch)
+        assert all(b - a <= patch // 2 for a, b in zip(starts, starts[1:]))
+
+
+def test_merge_rule_confidence_then_order():
+    lut_a = np.array([0, 10, 11], np.uint16)
+    lut_b = np.array([0, 20], np.uint16)
+    m = LabelMerger((1, 1, 4), {"a": lut_a, "b": lut_b}, ["a", "b"])
+    labels = {"a": np.array([[[1, 2, 0, 1]]], np.uint8), "b": np.array([[[1, 1, 1, 1]]], np.uint8)}
+    conf = {"a": np.array([[[200, 100, 250, 90]]], np.uint8), "b": np.array([[[100, 150, 50, 90]]], np.uint8)}
+    m.add(SlabResult(0, 1, labels, conf))
+    # voxel 0: a more confident; 1: b more confident; 2: only b claims; 3: tie → first decoder (a).
+    np.testing.assert_array_equal(m.labels[0, 0], [10, 20, 20, 10])
+    assert m.conflicts == 1
