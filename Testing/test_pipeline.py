@@ -192,3 +192,34 @@ def test_merge_rule_confidence_then_order():
     # voxel 0: a more confident; 1: b more confident; 2: only b claims; 3: tie → first decoder (a).
     np.testing.assert_array_equal(m.labels[0, 0], [10, 20, 20, 10])
     assert m.conflicts == 1
+
+
+def test_per_decoder_maps_use_head_local_values(segmenter, ct, full):
+    res = segmenter.segment(ct, per_decoder=True)
+    assert set(res.decoder_labels) == {"abdomen", "spine"}
+    abd = sitk.GetArrayFromImage(res.decoder_labels["abdomen"])
+    assert set(np.unique(abd).tolist()) <= {0, 1, 2, 3, 4}
+    spleen = segmenter.catalog.by_name("Spleen").label
+    # Where the merged map says Spleen, the abdomen head said its channel 2 (Spleen).
+    assert np.all(abd[res.array() == spleen] == 2)
+    assert res.label_map()["decoder_label_files"]["abdomen"]["2"] == "Spleen"
+
+
+def test_decoders_with_their_own_preprocessing_run_as_groups(tiny_model_dir, ct, tmp_path):
+    """Imported official heads may each have their own spacing: they run in separate groups and
+    are merged on the input grid."""
+    import json
+    import shutil
+
+    model = tmp_path / "grouped"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    own = dict(manifest["preprocessing"], spacing_zyx=[4.0, 4.0, 4.0])
+    manifest["decoders"]["spine"]["info"]["preprocessing"] = own
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    res = Segmenter(model, device="cpu").segment(ct)
+    assert res.settings["preprocessing_groups"] == 2
+    assert same_grid(res.labels, ct)
+    values = set(np.unique(res.array()).tolist())
+    spine = {Segmenter(model).catalog.by_name(n).label for n in ("Bone_Vert_L1", "Bone_Vert_L2")}
+    assert values & spine

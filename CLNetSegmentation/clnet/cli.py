@@ -40,7 +40,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     update, close = _tqdm_progress(args.quiet)
     try:
         result = segmenter.segment(source, anatomies=args.anatomies, regions=args.regions, fast=args.fast,
-                                   force=args.force, overlap=args.overlap, progress=update)
+                                   force=args.force, overlap=args.overlap, progress=update,
+                                   per_decoder=args.per_decoder)
         written = save_result(result, args.output, source, formats=args.formats, stats=args.stats,
                               preview=args.preview)
     finally:
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
     s.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
     s.add_argument("--force", action="store_true", help="run even if the image does not look like a CT")
+    s.add_argument("--per-decoder", action="store_true",
+                   help="also write decoders/<HEAD>.nii.gz with each decoder's own label values (official style)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 

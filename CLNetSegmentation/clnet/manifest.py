@@ -6,7 +6,7 @@ decoder. Adding a decoder = adding a file and an entry under ``decoders``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ModelError
@@ -42,6 +42,13 @@ class Preprocessing:
     overlap: float = 0.5
     gaussian_sigma_scale: float = 0.125
     body_threshold_hu: float = -500.0
+    pad_value: float | None = None  # normalised value for padding; None = the normalised clip_low (air)
+
+    def padding_value(self) -> float:
+        if self.pad_value is not None:
+            return float(self.pad_value)
+        n = self.normalization
+        return float((n.clip_low - n.mean) / n.std)
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +60,7 @@ class Preprocessing:
             "overlap": self.overlap,
             "gaussian_sigma_scale": self.gaussian_sigma_scale,
             "body_threshold_hu": self.body_threshold_hu,
+            "pad_value": self.pad_value,
         }
 
     @classmethod
@@ -67,6 +75,7 @@ class Preprocessing:
             overlap=float(d.get("overlap", 0.5)),
             gaussian_sigma_scale=float(d.get("gaussian_sigma_scale", 0.125)),
             body_threshold_hu=float(d.get("body_threshold_hu", -500.0)),
+            pad_value=None if d.get("pad_value") is None else float(d["pad_value"]),
         )
 
 
@@ -122,6 +131,15 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def decoder_preprocessing(self, decoder: str) -> Preprocessing:
+        """The decoder's own preprocessing (imported official heads may differ) or the model's."""
+        own = self.decoders[decoder].info.get("preprocessing")
+        prep = Preprocessing.from_dict(own) if own else self.preprocessing
+        official_pad = self.extra.get("official", {}).get("pad_value")
+        if prep.pad_value is None and official_pad is not None:
+            prep = replace(prep, pad_value=float(official_pad))
+        return prep
 
     def anatomy_owner(self) -> dict[str, str]:
         """Catalog name → the decoder that outputs it (the first one listed wins for duplicates)."""

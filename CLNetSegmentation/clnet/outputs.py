@@ -62,6 +62,12 @@ def save_result(
 
         written["dicom-seg"] = out / "segmentation.dcm"
         write_dicom_seg(result.labels, source.dicom_files, result.present, written["dicom-seg"])
+    if result.decoder_labels:
+        heads_dir = out / "decoders"
+        heads_dir.mkdir(exist_ok=True)
+        for head, img in result.decoder_labels.items():
+            write_label_image(img, heads_dir / f"{head}.nii.gz")
+        written["decoders"] = heads_dir
     if stats:
         rows = anatomy_statistics(
             sitk.GetArrayViewFromImage(result.labels), sitk.GetArrayViewFromImage(image), image.GetSpacing(),

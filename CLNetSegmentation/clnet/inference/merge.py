@@ -32,12 +32,14 @@ class LabelMerger:
     """Accumulates slabs into a (z, y, x) catalog label map plus the winning confidence."""
 
     def __init__(self, shape_zyx: Sequence[int], lookups: Mapping[str, np.ndarray], order: Sequence[str],
-                 dtype=np.uint8) -> None:
+                 dtype=np.uint8, keep_heads: bool = False) -> None:
         self.labels = np.zeros(tuple(shape_zyx), dtype=dtype)
         self.confidence = np.zeros(tuple(shape_zyx), dtype=np.uint8)
         self.lookups = dict(lookups)
         self.order = [d for d in order if d in self.lookups]
         self.conflicts = 0  # voxels where a later decoder overruled an earlier one
+        # Head-local label maps (all of a head's classes), for official-style per-decoder output.
+        self.heads = {d: np.zeros(tuple(shape_zyx), np.uint8) for d in self.order} if keep_heads else {}
 
     def add(self, slab: SlabResult) -> None:
         out = self.labels[slab.z0 : slab.z1]
@@ -46,6 +48,8 @@ class LabelMerger:
         for d in self.order:
             if d not in slab.labels:
                 continue
+            if self.heads:
+                self.heads[d][slab.z0 : slab.z1] = slab.labels[d]
             glob = self.lookups[d][slab.labels[d]]
             conf = slab.confidence[d]
             claim = glob > 0
@@ -54,3 +58,15 @@ class LabelMerger:
             out[wins] = glob[wins].astype(out.dtype, copy=False)
             best[wins] = conf[wins]
             claimed |= claim
+
+
+def merge_claims(labels: np.ndarray, confidence: np.ndarray, new_labels: np.ndarray,
+                 new_confidence: np.ndarray) -> int:
+    """Merge another group's decisions into (labels, confidence) in place with the same rule
+    (higher confidence wins, earlier wins ties); returns the number of overruled voxels."""
+    claim = new_labels > 0
+    wins = claim & ((labels == 0) | (new_confidence > confidence))
+    overruled = int(np.count_nonzero(wins & (labels > 0) & (labels != new_labels)))
+    labels[wins] = new_labels[wins]
+    confidence[wins] = new_confidence[wins]
+    return overruled

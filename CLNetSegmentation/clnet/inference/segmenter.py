@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -16,9 +17,10 @@ from ..catalog import Anatomy, load_catalog
 from ..checkpoint import LoadedModel, load_model
 from ..errors import ClnetError
 from ..io import LoadedImage, read_image, validate_ct
+from ..manifest import Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device
-from .merge import LabelMerger, decoder_lookup
+from .merge import LabelMerger, decoder_lookup, merge_claims
 from .preprocessing import labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
 from .sliding_window import count_tiles, sliding_window
@@ -34,6 +36,8 @@ class SegmentationResult:
     settings: dict
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    decoder_labels: dict[str, sitk.Image] = field(default_factory=dict)
+    decoder_channels: dict[str, dict[str, str]] = field(default_factory=dict)  # head → {local value: name}
 
     def array(self) -> np.ndarray:
         """The label map as a (z, y, x) array (a view into the image's buffer)."""
@@ -49,6 +53,7 @@ class SegmentationResult:
             "settings": self.settings,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            **({"decoder_label_files": self.decoder_channels} if self.decoder_labels else {}),
         }
 
 
@@ -127,8 +132,13 @@ class Segmenter:
         overlap: float | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck = None,
+        per_decoder: bool = False,
     ) -> SegmentationResult:
-        """Segment one CT. The input is only read, never modified."""
+        """Segment one CT. The input is only read, never modified.
+
+        With ``per_decoder`` the result also holds each decoder's own label map (head-local
+        values 1..K, as the official CL-Net pipeline writes them) in ``result.decoder_labels``.
+        """
         report = Reporter(progress, cancel)
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -145,12 +155,6 @@ class Segmenter:
         requested = self.resolve(anatomies, regions)
         timings["check"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        report("prepare", 0.0, "Resampling and normalising")
-        prep = self.manifest.preprocessing
-        prepared = prepare(image, prep, fast=fast)
-        timings["prepare"] = time.perf_counter() - t
-
         wanted = {a.name for a in requested}
         owner = self.manifest.anatomy_owner()
         run = [d for d in self.manifest.decoders if any(owner.get(n) == d for n in wanted)]
@@ -160,27 +164,27 @@ class Segmenter:
             d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name, wanted)
             for d in run
         }
-        merger = LabelMerger(prepared.data.shape, lookups, run)
-        overlap = prep.overlap if overlap is None else float(overlap)
-        total_tiles = count_tiles(prepared.data.shape, prep.patch_size_zyx, overlap)
-
-        t = time.perf_counter()
-        report("network", 0.0, f"Running {len(run)} decoder(s) on {total_tiles} tile(s)")
-        pad_value = float((prep.normalization.clip_low - prep.normalization.mean) / prep.normalization.std)
-        sliding_window(
-            self.model.network, prepared.data, run, prep.patch_size_zyx, overlap, merger.add, self.device,
-            batch_size=self.batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=pad_value,
-            on_tile=lambda done, total: report("network", done / total, f"Network: tile {done}/{total}"),
-        )
-        timings["network"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        report("merge", 0.0, "Mapping labels back to the input grid")
-        labels = labels_to_input_grid(merger.labels, prepared.grid, image)
-        present_labels = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
+        groups = self._preprocessing_groups(run)
+        decisions: tuple[np.ndarray, np.ndarray] | None = None
+        conflicts, total_tiles = 0, 0
+        heads: dict[str, sitk.Image] = {}
+        for index, (prep, decs) in enumerate(groups):
+            decisions, overruled, tiles = self._run_group(
+                image, prep, decs, lookups, fast, overlap, decisions, report, timings, (index, len(groups)), heads,
+                keep_heads=per_decoder,
+            )
+            conflicts += overruled
+            total_tiles += tiles
+        merged = decisions[0] if decisions else np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+        present_labels = set(np.flatnonzero(np.bincount(merged.ravel())).tolist()) - {0}
         present = [a for a in requested if a.label in present_labels]
-        timings["merge"] = time.perf_counter() - t
+        t = time.perf_counter()
+        label_image = sitk.GetImageFromArray(merged)
+        label_image.CopyInformation(image)
+        timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
         report("merge", 1.0, "Done")
+        prep = groups[0][0] if groups else self.manifest.preprocessing
+        overlap = prep.overlap if overlap is None else float(overlap)
 
         settings = {
             "clnet_version": __version__,
@@ -194,9 +198,64 @@ class Segmenter:
             "spacing_zyx": list(prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx),
             "overlap": overlap,
             "decoders_run": run,
+            "preprocessing_groups": len(groups),
             "tiles": total_tiles,
-            "conflict_voxels": merger.conflicts,
+            "conflict_voxels": conflicts,
         }
         if fast and not prep.fast_spacing_zyx:
             warnings.append(f"Model {self.manifest.name} has no fast mode; ran at its normal spacing.")
-        return SegmentationResult(labels, requested, present, settings, timings, warnings)
+        channels = {d: {str(i): n for i, n in enumerate(self.manifest.decoders[d].anatomies, 1)} for d in heads}
+        return SegmentationResult(label_image, requested, present, settings, timings, warnings, heads, channels)
+
+    def _preprocessing_groups(self, decoders: Sequence[str]) -> list[tuple[Preprocessing, list[str]]]:
+        """Decoders sharing one preprocessing run together (encoder once per tile for all of them)."""
+        groups: dict[str, tuple[Preprocessing, list[str]]] = {}
+        for d in decoders:
+            prep = self.manifest.decoder_preprocessing(d)
+            key = json.dumps(prep.to_dict(), sort_keys=True)
+            groups.setdefault(key, (prep, []))[1].append(d)
+        return list(groups.values())
+
+    def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
+                   fast: bool, overlap: float | None, merged: tuple[np.ndarray, np.ndarray] | None,
+                   report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
+                   keep_heads: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
+        """Prepare, run and merge one preprocessing group; returns the merged (labels, confidence)
+        on the input grid, the overruled-voxel count and the number of tiles."""
+        t = time.perf_counter()
+        report("prepare", 0.0, "Resampling and normalising")
+        prepared = prepare(image, prep, fast=fast)
+        timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
+
+        merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders, keep_heads=keep_heads)
+        overlap = prep.overlap if overlap is None else float(overlap)
+        if not 0.0 <= overlap < 1.0:
+            raise ClnetError(f"Tile overlap {overlap} is out of range.", "Use a value from 0 to 0.9.")
+        tiles = count_tiles(prepared.data.shape, prep.patch_size_zyx, overlap)
+        t = time.perf_counter()
+        report("network", 0.0, f"Running {len(decoders)} decoder(s) on {tiles} tile(s)")
+        sliding_window(
+            self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, self.device,
+            batch_size=self.batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
+            on_tile=lambda done, total: report(
+                "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
+            ),
+        )
+        timings["network"] = timings.get("network", 0.0) + time.perf_counter() - t
+
+        t = time.perf_counter()
+        report("merge", 0.0, "Mapping labels back to the input grid")
+        labels = sitk.GetArrayFromImage(labels_to_input_grid(merger.labels, prepared.grid, image))
+        conflicts = merger.conflicts
+        if merged is None:
+            confidence = (sitk.GetArrayFromImage(labels_to_input_grid(merger.confidence, prepared.grid, image))
+                          if group[1] > 1 else np.zeros((1,), np.uint8))
+            result = (labels, confidence)
+        else:
+            confidence = sitk.GetArrayFromImage(labels_to_input_grid(merger.confidence, prepared.grid, image))
+            conflicts += merge_claims(merged[0], merged[1], labels, confidence)
+            result = merged
+        for d, head in merger.heads.items():
+            heads[d] = labels_to_input_grid(head, prepared.grid, image)
+        timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
+        return result, conflicts, tiles
