@@ -223,3 +223,32 @@ def test_decoders_with_their_own_preprocessing_run_as_groups(tiny_model_dir, ct,
     values = set(np.unique(res.array()).tolist())
     spine = {Segmenter(model).catalog.by_name(n).label for n in ("Bone_Vert_L1", "Bone_Vert_L2")}
     assert values & spine
+
+
+def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, shared_data, tmp_path):
+    """The real CT's slices 50-89 (full width, so the body-part model sees whole slices) score
+    about 21-36: a decoder windowed to the head (80-105) never runs; a decoder windowed to the
+    abdomen decides exactly as it does ungated."""
+    import json
+    import shutil
+
+    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))[:, :, 50:90]
+    model = tmp_path / "gated"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["decoders"]["spine"]["bodypart_range"] = [80.0, 105.0]
+    manifest["decoders"]["abdomen"]["bodypart_range"] = [-5.0, 60.0]
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    seg = Segmenter(model, device="cpu")
+    res = seg.segment(ct)
+    assert res.settings["bodypart_gating"]["used"]
+    assert res.settings["bodypart_gating"]["skipped_tile_rows"] > 0
+    spine = {seg.catalog.by_name(n).label for n in ("Bone_Vert_L1", "Bone_Vert_L2")}
+    assert not set(np.unique(res.array()).tolist()) & spine
+    # The abdomen decoder alone, ungated, decides exactly the same voxels.
+    alone = Segmenter(model, device="cpu", gating=False).segment(ct, anatomies=["Spleen", "Kidney_L", "Kidney_R"])
+    abd = {seg.catalog.by_name(n).label for n in ("Spleen", "Kidney_L", "Kidney_R")}
+    np.testing.assert_array_equal(np.isin(res.array(), list(abd)), np.isin(alone.array(), list(abd)))
+    ungated = Segmenter(model, device="cpu", gating=False).segment(ct)
+    assert not ungated.settings["bodypart_gating"]["used"]
+    assert set(np.unique(ungated.array()).tolist()) & spine

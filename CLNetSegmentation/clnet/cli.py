@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable]:
     """Subcommands defined next to their feature (training, import, batch) when present."""
     found = []
-    for mod in ("clnet.training.cli", "clnet.official.cli", "clnet.batch.cli"):
+    for mod in ("clnet.training.cli", "clnet.official.cli", "clnet.bodypart.cli", "clnet.batch.cli"):
         try:
             found.append(__import__(mod, fromlist=["register"]).register)
         except ModuleNotFoundError as exc:

@@ -13,6 +13,8 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
+from ..bodypart import BodyPartModel
+from ..bodypart import load_default as load_default_bodypart
 from ..catalog import Anatomy, load_catalog
 from ..checkpoint import LoadedModel, load_model
 from ..errors import ClnetError
@@ -20,6 +22,7 @@ from ..io import LoadedImage, read_image, validate_ct
 from ..manifest import Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device
+from .gating import Gate
 from .merge import LabelMerger, decoder_lookup, merge_claims
 from .preprocessing import labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
@@ -65,7 +68,7 @@ class Segmenter:
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str | torch.device = "auto",
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, gating: bool = True) -> None:
         self.device = select_device(device)
         if isinstance(model, LoadedModel):
             self.model = model
@@ -75,6 +78,8 @@ class Segmenter:
         self.manifest = self.model.manifest
         self.catalog = load_catalog()
         self.batch_size = max(1, int(batch_size))
+        self.gating = gating
+        self._bodypart: BodyPartModel | None = None
         unknown = [n for n in self.manifest.anatomy_owner() if not self._known(n)]
         if unknown:
             raise ClnetError(f"Model {self.manifest.name} outputs anatomies not in the catalog: {unknown[:5]}.",
@@ -164,6 +169,7 @@ class Segmenter:
             d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name, wanted)
             for d in run
         }
+        gate = self._gate(image, run, warnings)
         groups = self._preprocessing_groups(run)
         decisions: tuple[np.ndarray, np.ndarray] | None = None
         conflicts, total_tiles = 0, 0
@@ -171,7 +177,7 @@ class Segmenter:
         for index, (prep, decs) in enumerate(groups):
             decisions, overruled, tiles = self._run_group(
                 image, prep, decs, lookups, fast, overlap, decisions, report, timings, (index, len(groups)), heads,
-                keep_heads=per_decoder,
+                keep_heads=per_decoder, gate=gate,
             )
             conflicts += overruled
             total_tiles += tiles
@@ -201,11 +207,33 @@ class Segmenter:
             "preprocessing_groups": len(groups),
             "tiles": total_tiles,
             "conflict_voxels": conflicts,
+            "bodypart_gating": {"used": gate is not None, "skipped_tile_rows": gate.skipped_rows if gate else 0},
         }
         if fast and not prep.fast_spacing_zyx:
             warnings.append(f"Model {self.manifest.name} has no fast mode; ran at its normal spacing.")
         channels = {d: {str(i): n for i, n in enumerate(self.manifest.decoders[d].anatomies, 1)} for d in heads}
         return SegmentationResult(label_image, requested, present, settings, timings, warnings, heads, channels)
+
+    def _bodypart_model(self) -> BodyPartModel:
+        """The model folder's own body-part model if it has one, else the bundled one (loaded once)."""
+        if self._bodypart is None:
+            own = self.manifest.extra.get("bodypart")
+            if own and self.model.directory is not None:
+                self._bodypart = BodyPartModel.load(self.model.directory / own["file"], sha256=own["sha256"])
+            else:
+                self._bodypart = load_default_bodypart()
+        return self._bodypart
+
+    def _gate(self, image: sitk.Image, decoders: Sequence[str], warnings: list[str]) -> Gate | None:
+        windows = {d: self.manifest.decoders[d].bodypart_range for d in decoders}
+        if not self.gating or all(w is None for w in windows.values()):
+            return None
+        details = self._bodypart_model().score_details(image)
+        if not details.reliable:
+            warnings.append("Body-part scores look unreliable for this scan (slope ratio "
+                            f"{details.slope_ratio:.2f}); every decoder ran on every tile.")
+            return None
+        return Gate.from_scores(details, windows)
 
     def _preprocessing_groups(self, decoders: Sequence[str]) -> list[tuple[Preprocessing, list[str]]]:
         """Decoders sharing one preprocessing run together (encoder once per tile for all of them)."""
@@ -219,7 +247,7 @@ class Segmenter:
     def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
                    fast: bool, overlap: float | None, merged: tuple[np.ndarray, np.ndarray] | None,
                    report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
-                   keep_heads: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
+                   keep_heads: bool = False, gate: Gate | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
         """Prepare, run and merge one preprocessing group; returns the merged (labels, confidence)
         on the input grid, the overruled-voxel count and the number of tiles."""
         t = time.perf_counter()
@@ -237,6 +265,7 @@ class Segmenter:
         sliding_window(
             self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, self.device,
             batch_size=self.batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
+            active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
             on_tile=lambda done, total: report(
                 "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
             ),
