@@ -126,3 +126,13 @@ def test_no_model_message(monkeypatch, tmp_path):
     monkeypatch.setattr(reg, "BUNDLED_MODELS_DIR", tmp_path / "none")
     with pytest.raises(ModelError, match="No model is installed.*clnet models install"):
         reg.resolve_model(None)
+
+
+def test_manifest_and_catalog_import_without_torch():
+    """The Slicer panel lists models and anatomies before torch is installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import clnet.registry, clnet.manifest, clnet.catalog, clnet.model.config; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import ModelError
-from .manifest import MANIFEST_NAME, DecoderEntry, Manifest
+from .manifest import MANIFEST_NAME, DecoderEntry, Manifest, read_manifest
 from .model import CLNet
 
 
@@ -56,21 +56,6 @@ def build_network(manifest: Manifest, decoders: Iterable[str] | None = None) -> 
 
 def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise ModelError(f"Model folder {directory} does not exist.", "Check the --model path or run `clnet models list`.")
-    if not path.is_file():
-        raise ModelError(f"{directory} has no {MANIFEST_NAME}; it is not a CLNet model folder.",
-                         "Point --model to a folder that holds manifest.json and *.safetensors files.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc}).", "Re-install the model.") from exc
-    return Manifest.from_dict(data)
 
 
 def _read_verified(directory: Path, file: str, expected_sha: str, what: str) -> bytes:

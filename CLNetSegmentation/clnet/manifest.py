@@ -6,7 +6,9 @@ decoder. Adding a decoder = adding a file and an entry under ``decoders``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
@@ -199,3 +201,19 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Read and check a model folder's manifest.json (no weights are read; no torch needed)."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ModelError(f"Model folder {directory} does not exist.", "Check the --model path or run `clnet models list`.")
+    if not path.is_file():
+        raise ModelError(f"{directory} has no {MANIFEST_NAME}; it is not a CLNet model folder.",
+                         "Point --model to a folder that holds manifest.json and *.safetensors files.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Re-install the model.") from exc
+    return Manifest.from_dict(data)

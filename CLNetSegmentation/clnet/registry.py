@@ -13,9 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .checkpoint import read_manifest, verify_model
 from .errors import ModelError
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import MANIFEST_NAME, Manifest, read_manifest
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_NAME = "demo"
@@ -103,6 +102,8 @@ def install_model(source: str | os.PathLike, name: str | None = None, overwrite:
             model_dir = candidates[0]
         else:
             raise ModelError(f"{source} is neither a model folder nor a .zip archive.")
+        from .checkpoint import verify_model  # torch is needed only to verify the tensors
+
         manifest = verify_model(model_dir)
         target = root / (name or manifest.name)
         if target.exists() and not overwrite:
