@@ -27,6 +27,9 @@ class PreparedVolume:
 
 def orient(image: sitk.Image, orientation: str = "LPS") -> sitk.Image:
     """Permute/flip axes to the model's orientation (DICOM convention; exact, no interpolation)."""
+    current = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    if current == orientation:
+        return image  # already there: no copy of a possibly large volume
     return sitk.DICOMOrient(image, orientation)
 
 
@@ -63,7 +66,7 @@ def body_bounding_box(image: sitk.Image, threshold_hu: float, margin_mm: float =
 
 
 def resample_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float], interpolator=sitk.sitkLinear,
-                        default_value: float = 0.0) -> sitk.Image:
+                        default_value: float = 0.0, pixel_type: int | None = None) -> sitk.Image:
     """Resample onto a grid with the same direction and physical extent (edges aligned)."""
     old_spacing = np.array(image.GetSpacing())
     new_spacing = np.array(spacing_xyz, dtype=float)
@@ -74,7 +77,7 @@ def resample_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float], interpo
     origin = np.array(image.GetOrigin()) + shift
     return sitk.Resample(
         image, [int(v) for v in new_size], sitk.Transform(), interpolator, origin.tolist(), new_spacing.tolist(),
-        image.GetDirection(), default_value, image.GetPixelID(),
+        image.GetDirection(), default_value, image.GetPixelID() if pixel_type is None else pixel_type,
     )
 
 
@@ -88,15 +91,17 @@ def normalize_ct(data: np.ndarray, norm: Normalization) -> np.ndarray:
 
 def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_body: bool = True) -> PreparedVolume:
     """Orient, crop to the body, resample to the model (or fast) spacing and normalise."""
+    # Orient before finding the body box: the box then does not depend on how the input's axes
+    # happen to be stored, so flipped or permuted copies of a scan give identical results.
     oriented = orient(image, prep.orientation)
     if crop_to_body:
         start, extent = body_bounding_box(oriented, prep.body_threshold_hu)
     else:
         start, extent = [0, 0, 0], list(oriented.GetSize())
     cropped = sitk.RegionOfInterest(oriented, extent, start)
-    cropped = sitk.Cast(cropped, sitk.sitkFloat32)
     spacing_zyx = prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx
-    resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0)
+    resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0,
+                                    pixel_type=sitk.sitkFloat32)
     data = sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
     data = normalize_ct(data, prep.normalization)
     grid = sitk.Image(resampled.GetSize(), sitk.sitkUInt8)
