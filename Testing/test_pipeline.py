@@ -252,3 +252,14 @@ def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, sha
     ungated = Segmenter(model, device="cpu", gating=False).segment(ct)
     assert not ungated.settings["bodypart_gating"]["used"]
     assert set(np.unique(ungated.array()).tolist()) & spine
+
+
+def test_flip_invariance_holds_with_the_body_crop(segmenter, shared_data):
+    """On the whole CT (air around the body, so the body box is smaller than the image) a
+    flipped copy still gives the same labels voxel for voxel (fast mode keeps it quick)."""
+    whole = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    ref = segmenter.segment(whole, fast=True)
+    for axis in (0, 1):
+        flipped = flipped_same_world(whole, axis)
+        back = np.flip(sitk.GetArrayFromImage(segmenter.segment(flipped, fast=True).labels), axis=2 - axis)
+        np.testing.assert_array_equal(back, ref.array())
