@@ -46,11 +46,15 @@ class Preprocessing:
     body_threshold_hu: float = -500.0
     pad_value: float | None = None  # normalised value for padding; None = the normalised clip_low (air)
 
+    def normalized(self, hu: float) -> float:
+        """Where an HU value lands after this model's normalisation."""
+        n = self.normalization
+        return float((min(max(hu, n.clip_low), n.clip_high) - n.mean) / n.std)
+
     def padding_value(self) -> float:
         if self.pad_value is not None:
             return float(self.pad_value)
-        n = self.normalization
-        return float((n.clip_low - n.mean) / n.std)
+        return self.normalized(self.normalization.clip_low)
 
     def to_dict(self) -> dict:
         return {

@@ -266,6 +266,7 @@ class Segmenter:
             self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, self.device,
             batch_size=self.batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
             active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
+            skip_below=prep.normalized(prep.body_threshold_hu),
             on_tile=lambda done, total: report(
                 "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
             ),

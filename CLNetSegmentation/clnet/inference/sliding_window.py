@@ -66,11 +66,13 @@ def sliding_window(
     pad_value: float = 0.0,
     active_decoders: Callable[[int, int], Sequence[str]] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
+    skip_below: float | None = None,
 ) -> None:
     """Run ``network`` over ``volume`` (z, y, x, normalised) and stream per-slab decisions.
 
     ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
-    [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel.
+    [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel;
+    tiles whose values never exceed ``skip_below`` are not run at all.
     """
     patch = [int(p) for p in patch_zyx]
     shape = volume.shape
@@ -86,18 +88,23 @@ def sliding_window(
 
     n_classes = {d: network.decoders[d].config.num_classes for d in decoders}
     band_depth, Y, X = patch[0], padded_shape[1], padded_shape[2]
-
-    def new_band() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        acc = {d: torch.zeros((n_classes[d], band_depth, Y, X), device=device) for d in decoders}
-        return acc, torch.zeros((band_depth, Y, X), device=device)
-
-    acc, weight = new_band()
+    # Per decoder: weighted class probabilities and the weight that went into them (gating means
+    # decoders may have seen different tiles), for one band of tile depth.
+    acc = {d: torch.zeros((n_classes[d], band_depth, Y, X), device=device) for d in decoders}
+    weight = {d: torch.zeros((band_depth, Y, X), device=device) for d in decoders}
     band_z = 0
     done = 0
 
+    def shift(t: torch.Tensor, n: int, axis: int) -> None:
+        """Move the band ``n`` slices forward in place (front to back, so nothing is overwritten early)."""
+        depth = t.shape[axis]
+        for k in range(depth - n):
+            t.select(axis, k).copy_(t.select(axis, k + n))
+        t.narrow(axis, max(depth - n, 0), min(n, depth)).zero_()
+
     def flush(upto: int) -> None:
         """Decide [band_z, upto) and shift the band so it starts at ``upto``."""
-        nonlocal acc, weight, band_z
+        nonlocal band_z
         n = upto - band_z
         if n <= 0:
             return
@@ -105,16 +112,16 @@ def sliding_window(
         keep = real_end - band_z
         if keep > 0:
             labels, conf = {}, {}
-            w = weight[:keep, : shape[1], : shape[2]].clamp_min(1e-8)
             for d in decoders:
                 a = acc[d][:, :keep, : shape[1], : shape[2]]
                 best, arg = a.max(dim=0)
+                w = weight[d][:keep, : shape[1], : shape[2]].clamp_min(1e-8)
                 labels[d] = arg.to(torch.uint8).cpu().numpy()
                 conf[d] = (best / w * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
             on_slab(SlabResult(band_z, real_end, labels, conf))
         for d in decoders:
-            acc[d] = torch.cat([acc[d][:, n:], torch.zeros_like(acc[d][:, :n])], dim=1)
-        weight = torch.cat([weight[n:], torch.zeros_like(weight[:n])], dim=0)
+            shift(acc[d], n, 1)
+            shift(weight[d], n, 0)
         band_z = upto
 
     for z0 in starts[0]:
@@ -123,19 +130,22 @@ def sliding_window(
         active = list(active_decoders(z0, min(z0 + patch[0], shape[0])) if active_decoders else decoders)
         for b in range(0, len(row), batch_size):
             batch_pos = row[b : b + batch_size]
-            if active:
-                tiles = torch.stack(
-                    [vol_t[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch_pos]
-                )[:, None].to(device, non_blocking=True)
+            n_in_batch = len(batch_pos)
+            tiles = [vol_t[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch_pos]
+            if skip_below is not None:
+                # Tiles of pure air (outside the body) cannot hold an anatomy: skip the network.
+                kept = [i for i, t in enumerate(tiles) if float(t.max()) > skip_below]
+                batch_pos, tiles = [batch_pos[i] for i in kept], [tiles[i] for i in kept]
+            if active and tiles:
+                batch = torch.stack(tiles)[:, None].to(device, non_blocking=True)
                 with autocast_context(device):
-                    out = network(tiles, decoders=active)
+                    out = network(batch, decoders=active)
                 for d in active:
                     probs = torch.softmax(out[d].float(), dim=1) * importance
                     for i, (_, y, x) in enumerate(batch_pos):
                         acc[d][:, :, y : y + patch[1], x : x + patch[2]] += probs[i]
-            for _, y, x in batch_pos:
-                weight[:, y : y + patch[1], x : x + patch[2]] += importance
-            done += len(batch_pos)
+                        weight[d][:, y : y + patch[1], x : x + patch[2]] += importance
+            done += n_in_batch
             if on_tile is not None:
                 on_tile(done, total)
     flush(starts[0][-1] + patch[0])
