@@ -33,9 +33,10 @@ def _tqdm_progress(quiet: bool):
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import Segmenter
     from .io import read_image
-    from .outputs import save_result
+    from .outputs import check_output_request, save_result
 
     source = read_image(args.input, series_uid=args.series)
+    check_output_request(args.output, source, args.formats)
     segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
     update, close = _tqdm_progress(args.quiet)
     try:

@@ -12,6 +12,7 @@ from .inference.segmenter import SegmentationResult
 from .io import (
     LoadedImage,
     anatomy_statistics,
+    check_output_folder,
     write_json,
     write_label_image,
     write_preview_png,
@@ -20,6 +21,17 @@ from .io import (
 )
 
 FORMATS = ("nifti", "seg.nrrd", "masks", "dicom-seg")
+
+
+def check_output_request(out_dir: str | Path, source: LoadedImage | sitk.Image, formats: Sequence[str]) -> None:
+    """Everything about the requested outputs that can be checked before any work or any write."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ClnetError(f"Unknown output format(s) {unknown}.", f"Choose from {', '.join(FORMATS)}.")
+    if "dicom-seg" in formats and (not isinstance(source, LoadedImage) or not source.dicom_files):
+        raise ClnetError("DICOM-SEG output needs a DICOM series as input.",
+                         "Drop dicom-seg from --formats, or give the DICOM folder as input.")
+    check_output_folder(Path(out_dir))
 
 
 def save_result(
@@ -34,9 +46,7 @@ def save_result(
 
     ``segmentation.json`` (labels, model, settings) is always written.
     """
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ClnetError(f"Unknown output format(s) {unknown}.", f"Choose from {', '.join(FORMATS)}.")
+    check_output_request(out_dir, source, formats)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image = source.image if isinstance(source, LoadedImage) else source
@@ -55,9 +65,6 @@ def save_result(
             write_label_image(mask, masks / f"{a.name}.nii.gz")
         written["masks"] = masks
     if "dicom-seg" in formats:
-        if not isinstance(source, LoadedImage) or not source.dicom_files:
-            raise ClnetError("DICOM-SEG output needs a DICOM series as input.",
-                             "Drop dicom-seg from --formats, or give the DICOM folder as input.")
         from .io import write_dicom_seg
 
         written["dicom-seg"] = out / "segmentation.dcm"

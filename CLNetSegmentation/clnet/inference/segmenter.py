@@ -26,6 +26,7 @@ from .gating import Gate
 from .merge import LabelMerger, decoder_lookup, merge_claims
 from .preprocessing import labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
+from .resources import check_memory, estimate_memory, oom_fallback
 from .sliding_window import count_tiles, sliding_window
 
 
@@ -158,7 +159,8 @@ class Segmenter:
         report("check", 0.0, "Checking image")
         warnings = list(validate_ct(image, force=force))
         requested = self.resolve(anatomies, regions)
-        timings["check"] = time.perf_counter() - t
+        if overlap is not None and not 0.0 <= float(overlap) <= 0.9:
+            raise ClnetError(f"Tile overlap {overlap} is out of range.", "Use a value from 0 to 0.9.")
 
         wanted = {a.name for a in requested}
         owner = self.manifest.anatomy_owner()
@@ -169,6 +171,9 @@ class Segmenter:
             d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name, wanted)
             for d in run
         }
+        estimate = estimate_memory(image.GetSize(), image.GetSpacing(), self.manifest, run, fast, self.batch_size)
+        warnings += check_memory(estimate)
+        timings["check"] = time.perf_counter() - t
         gate = self._gate(image, run, warnings)
         groups = self._preprocessing_groups(run)
         decisions: tuple[np.ndarray, np.ndarray] | None = None
@@ -177,7 +182,7 @@ class Segmenter:
         for index, (prep, decs) in enumerate(groups):
             decisions, overruled, tiles = self._run_group(
                 image, prep, decs, lookups, fast, overlap, decisions, report, timings, (index, len(groups)), heads,
-                keep_heads=per_decoder, gate=gate,
+                warnings, keep_heads=per_decoder, gate=gate,
             )
             conflicts += overruled
             total_tiles += tiles
@@ -206,6 +211,7 @@ class Segmenter:
             "decoders_run": run,
             "preprocessing_groups": len(groups),
             "tiles": total_tiles,
+            "estimated_peak_ram_gb": round(estimate.peak_bytes / 2**30, 2),
             "conflict_voxels": conflicts,
             "bodypart_gating": {"used": gate is not None, "skipped_tile_rows": gate.skipped_rows if gate else 0},
         }
@@ -247,7 +253,8 @@ class Segmenter:
     def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
                    fast: bool, overlap: float | None, merged: tuple[np.ndarray, np.ndarray] | None,
                    report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
-                   keep_heads: bool = False, gate: Gate | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
+                   warnings: list[str], keep_heads: bool = False,
+                   gate: Gate | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
         """Prepare, run and merge one preprocessing group; returns the merged (labels, confidence)
         on the input grid, the overruled-voxel count and the number of tiles."""
         t = time.perf_counter()
@@ -255,22 +262,29 @@ class Segmenter:
         prepared = prepare(image, prep, fast=fast)
         timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
 
-        merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders, keep_heads=keep_heads)
         overlap = prep.overlap if overlap is None else float(overlap)
-        if not 0.0 <= overlap < 1.0:
-            raise ClnetError(f"Tile overlap {overlap} is out of range.", "Use a value from 0 to 0.9.")
         tiles = count_tiles(prepared.data.shape, prep.patch_size_zyx, overlap)
         t = time.perf_counter()
         report("network", 0.0, f"Running {len(decoders)} decoder(s) on {tiles} tile(s)")
-        sliding_window(
-            self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, self.device,
-            batch_size=self.batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
-            active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
-            skip_below=prep.normalized(prep.body_threshold_hu),
-            on_tile=lambda done, total: report(
-                "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
-            ),
-        )
+
+        def attempt(device: torch.device, batch_size: int) -> LabelMerger:
+            # A fresh merger per attempt: a retry after running out of memory starts clean.
+            self.model.network.to(device)
+            self.device = device
+            merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders,
+                                 keep_heads=keep_heads)
+            sliding_window(
+                self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, device,
+                batch_size=batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
+                active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
+                skip_below=prep.normalized(prep.body_threshold_hu),
+                on_tile=lambda done, total: report(
+                    "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
+                ),
+            )
+            return merger
+
+        merger = oom_fallback(attempt, self.device, self.batch_size, log=warnings.append)
         timings["network"] = timings.get("network", 0.0) + time.perf_counter() - t
 
         t = time.perf_counter()

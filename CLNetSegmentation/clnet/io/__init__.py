@@ -1,6 +1,6 @@
 """Image input/output: reading and checking CT inputs, writing segmentations and reports."""
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_output_folder
 from .dicom_seg import write_dicom_seg
 from .evaluate import dice_per_label
 from .preview import write_preview_png
@@ -13,6 +13,7 @@ __all__ = [
     "LoadedImage",
     "anatomy_statistics",
     "atomic_write",
+    "check_output_folder",
     "dice_per_label",
     "read_image",
     "validate_ct",

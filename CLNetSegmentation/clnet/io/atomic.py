@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,37 @@ def _format_suffix(path: Path) -> str:
     if len(suffixes) >= 2 and suffixes[-1].lower() == ".gz":
         return "".join(suffixes[-2:])
     return path.suffix
+
+
+STALE_TEMP_SECONDS = 600
+
+
+def check_output_folder(folder: Path) -> None:
+    """Check, without creating anything, that ``folder`` is or can become a writable folder.
+
+    Called before long work so a bad ``-o`` fails in a second, not after the whole segmentation.
+    """
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"Output location '{folder}' exists and is not a folder.", "Choose another output folder.")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"Cannot create output folder '{folder}': '{probe}' is a file.",
+                          "Choose another output location.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"Output folder '{folder}' cannot be written ('{probe}' is not writable).",
+                          "Choose another output location or fix its permissions.")
+
+
+def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> None:
+    """Remove temp files a killed earlier write of ``path`` left behind (same naming, old enough)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
 
 
 def _prepare_folder(folder: Path) -> None:
@@ -45,6 +77,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     if path.is_dir():
         raise OutputError(f"Output path '{path}' is an existing folder.", "Give a file name instead.")
     _prepare_folder(path.parent)
+    remove_stale_temps(path)
     # The temp name keeps the format suffix so that writers that pick a format by extension work.
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{_format_suffix(path)}")
     try:

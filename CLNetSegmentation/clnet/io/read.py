@@ -9,10 +9,14 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .dicom_series import check_slice_spacing, is_dicom_file, select_series, series_uid_of_file
-from .integrity import check_nifti_complete
+from .integrity import check_nifti_complete, check_nrrd_text_encoding
 from .validate import validate_ct
 
 __all__ = ["LoadedImage", "read_image", "validate_ct"]
+
+# ITK prints warnings (e.g. "unexpected scales in sform", GDCM's "No Series were found") straight to
+# stderr; our own messages say what matters, so a user sees one clear line, not ITK's chatter.
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 _FORMATS = {
     ".nii": "nifti",
@@ -95,6 +99,8 @@ def _reader_failure(path: Path, fmt: str, exc: RuntimeError) -> InputError:
 def _read_file(path: Path, fmt: str) -> sitk.Image:
     if fmt == "nifti":
         check_nifti_complete(path)
+    elif fmt == "nrrd":
+        check_nrrd_text_encoding(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

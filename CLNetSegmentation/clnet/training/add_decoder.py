@@ -1,0 +1,152 @@
+"""``clnet add-decoder``: continual learning — a new head trained on the FROZEN general encoder.
+
+Only the new decoder's parameters are optimised; the encoder runs in eval mode without gradients.
+The new model folder is written with ``save_model(copy_from=...)`` so the encoder and every existing
+decoder file are copied byte for byte, and that is then verified (sha256 of every old file, and the
+old heads' outputs on a real patch) — any difference is an error and the folder is removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model, save_model, sha256_bytes, sha256_file
+from ..errors import ClnetError, ModelError
+from ..manifest import DecoderEntry, Manifest
+from ..model import CLNet
+from .common import check_patch, decoder_config, pad_value, provenance, select_training_device
+from .datasets import PreparedCase, catalog_labels, load_dataset, prepare_cases, resolve_anatomies
+from .distributed import barrier, cleanup, init_distributed
+from .stage1 import check_coverage, evaluate_heads, save_rewind_snapshot
+from .trainer import TrainConfig, fit, seed_everything
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's tensors (names, shapes, bytes): detects any in-memory change."""
+    parts = []
+    for k, v in sorted(module.state_dict().items()):
+        parts.append(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return sha256_bytes(b"\0".join(parts))
+
+
+def probe_patch(case: PreparedCase, patch: Sequence[int], pad: float) -> torch.Tensor:
+    """A fixed real patch (centre of the first scan) to compare outputs before and after."""
+    arr = case.image
+    starts = [max(0, (s - p) // 2) for s, p in zip(arr.shape, patch)]
+    crop = arr[tuple(slice(st, st + p) for st, p in zip(starts, patch))]
+    out = np.full(tuple(patch), pad, dtype=np.float32)
+    out[tuple(slice(0, s) for s in crop.shape)] = crop
+    return torch.from_numpy(out)[None, None]
+
+
+def verify_continual(old_dir: Path, new_dir: Path, old: Manifest, keep_decoders: Sequence[str],
+                     probe: torch.Tensor | None = None, reference: dict[str, torch.Tensor] | None = None) -> None:
+    """Fail unless the encoder and ``keep_decoders`` files are byte-identical and give identical outputs."""
+    new = load_model(new_dir)  # also re-checks every sha256 against the new manifest
+    problems = []
+    pairs = [("encoder", old.encoder_file, new.manifest.encoder_file)]
+    pairs += [(d, old.decoders[d].file, new.manifest.decoders[d].file) for d in keep_decoders]
+    for what, f_old, f_new in pairs:
+        a, b = sha256_file(old_dir / f_old), sha256_file(new_dir / f_new)
+        if a != b:
+            problems.append(f"{what}: {f_old} sha256 {a[:12]}… → {b[:12]}…")
+    if probe is not None and reference is not None:
+        with torch.inference_mode():
+            out = new.network(probe, decoders=list(reference))
+        for d, ref in reference.items():
+            if not torch.equal(out[d], ref):
+                problems.append(f"decoder {d}: output changed (max |Δ| {float((out[d] - ref).abs().max()):.3g})")
+    if problems:
+        shutil.rmtree(new_dir, ignore_errors=True)
+        raise ModelError("Continual-learning check FAILED, the new model was removed: " + "; ".join(problems),
+                         "This is a bug: please report it with the command you ran.")
+
+
+def add_decoder(
+    model_dir: str | Path,
+    name: str,
+    data: str | Path,
+    anatomies: Sequence[str],
+    output: str | Path,
+    cfg: TrainConfig,
+    width_scale: float = 0.5,
+    label_map: str | Path | None = None,
+    device: str = "auto",
+    work_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    resume: bool = True,
+    evaluate: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Manifest | None:
+    """Train decoder ``name`` for ``anatomies`` on ``model_dir``'s frozen encoder; write ``output``."""
+    model_dir, output = Path(model_dir), Path(output)
+    if output.resolve() == model_dir.resolve():
+        raise ClnetError("-o must differ from --model: the old model stays as it is.")
+    if output.exists() and not overwrite:
+        raise ClnetError(f"{output} already exists.", "Choose another -o folder or pass --overwrite.")
+    dev = select_training_device(device)
+    info, dev = init_distributed(dev)
+    try:
+        loaded = load_model(model_dir)
+        old_manifest = loaded.manifest
+        if name in old_manifest.decoders:
+            raise ClnetError(f"Model {old_manifest.name} already has a decoder {name!r}.", "Pick another --name.")
+        network: CLNet = loaded.network
+        prep = old_manifest.preprocessing
+        check_patch(cfg.patch_size_zyx, old_manifest.encoder)
+        seed_everything(cfg.seed, cfg.deterministic)
+        names = resolve_anatomies(anatomies)
+        specs = load_dataset(data, label_map)
+        work = Path(work_dir) if work_dir else output.parent / f"{output.name}.work"
+        cases = prepare_cases(specs, prep, cache_dir=cache_dir or work / "cache")
+        check_coverage(cases, name, names)
+
+        old_names = list(old_manifest.decoders)
+        probe = probe_patch(cases[0], prep.patch_size_zyx, pad_value(prep))
+        with torch.inference_mode():
+            reference = {d: v.clone() for d, v in network(probe, decoders=old_names).items()}
+        encoder_before = module_digest(network.encoder)
+
+        torch.manual_seed(cfg.seed)
+        network.add_decoder(name, decoder_config(old_manifest.encoder, len(names) + 1, width_scale))
+        rewind_at = max(1, cfg.steps // 20)
+
+        def on_step(step: int, _loss: float) -> None:
+            if step + 1 == rewind_at and info.is_main:
+                save_rewind_snapshot(work / "rewind", network, [name])
+
+        result = fit(network, {name: catalog_labels(names)}, cases, cfg, pad_value(prep), train_encoder=False,
+                     device=dev, work_dir=work, resume=resume, dist_info=info, progress=progress, on_step=on_step)
+        network.cpu().eval()
+        if module_digest(network.encoder) != encoder_before:
+            raise ModelError("The encoder changed during add-decoder training; nothing was written.",
+                             "This is a bug: please report it.")
+        if not info.is_main:
+            barrier(info)
+            return None
+        manifest = Manifest.from_dict(copy.deepcopy(old_manifest.to_dict()))
+        entry = DecoderEntry(name, names, network.decoders[name].config)
+        entry.info = {
+            "stage": "add-decoder (frozen encoder)",
+            "provenance": provenance("clnet add-decoder", str(data), cfg.steps, cfg.seed, result.seconds, dev,
+                                     info.world_size, cfg.to_dict(),
+                                     {"scans": [c.case_id for c in cases], "base_model": old_manifest.name,
+                                      "final_loss": round(result.final_loss, 4)}),
+        }
+        manifest.decoders[name] = entry
+        if evaluate:
+            dice = manifest.metrics.setdefault("dice_model_grid_training_scans", {})
+            dice.update(evaluate_heads(network, manifest, [name], cases, torch.device("cpu")))
+        save_model(network, manifest, output, overwrite=overwrite, copy_from=model_dir)
+        verify_continual(model_dir, output, old_manifest, old_names, probe, reference)
+        barrier(info)
+        return manifest
+    finally:
+        cleanup(info)
