@@ -88,7 +88,7 @@ def _worker_plan(ray, device: str, workers: int | None, cpus_per_worker: int | N
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
-    if device.startswith("cuda") and gpus:
+    if gpus and (device == "auto" or device.startswith("cuda")):
         return workers or gpus, {"num_gpus": 1, "num_cpus": cpus_per_worker or 1}
     per = max(1, min(cpus_per_worker or _DEFAULT_CPUS_PER_WORKER, cpus))
     return workers or max(1, cpus // per), {"num_cpus": per}
