@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .cli_options import add_segment_options
 from .errors import ClnetError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -146,20 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment a CT (NIfTI, NRRD, MHA or a DICOM series folder)")
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--anatomies", nargs="+", metavar="NAME", help="catalog names (see `clnet anatomies`)")
-    s.add_argument("--regions", nargs="+", metavar="REGION", help="e.g. thorax abdomen skeleton")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    s.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
-    s.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
-    s.add_argument("--formats", nargs="+", default=["nifti"], choices=["nifti", "seg.nrrd", "masks", "dicom-seg"])
-    s.add_argument("--stats", action="store_true", help="write statistics.csv (volume, HU per anatomy)")
-    s.add_argument("--preview", action="store_true", help="write preview.png")
+    add_segment_options(s)
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
-    s.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
-    s.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
-    s.add_argument("--force", action="store_true", help="run even if the image does not look like a CT")
-    s.add_argument("--per-decoder", action="store_true",
-                   help="also write decoders/<HEAD>.nii.gz with each decoder's own label values (official style)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ..cli_options import add_segment_options
+
 _DESCRIPTION = """\
 Segment many CTs with one model load. INPUTS are image files, folders of images or of case
 subfolders, DICOM series folders (one case each) or CSV files with id,path columns. Each case
@@ -20,18 +22,7 @@ def register(subparsers) -> None:
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("inputs", nargs="+", metavar="INPUT")
     b.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (one subfolder per case)")
-    b.add_argument("--anatomies", nargs="+", metavar="NAME", help="catalog names (see `clnet anatomies`)")
-    b.add_argument("--regions", nargs="+", metavar="REGION", help="e.g. thorax abdomen skeleton")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    b.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
-    b.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
-    b.add_argument("--formats", nargs="+", default=["nifti"], choices=["nifti", "seg.nrrd", "masks", "dicom-seg"])
-    b.add_argument("--stats", action="store_true", help="write statistics.csv per case")
-    b.add_argument("--preview", action="store_true", help="write preview.png per case")
-    b.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
-    b.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
-    b.add_argument("--force", action="store_true", help="run even if an image does not look like a CT")
-    b.add_argument("--per-decoder", action="store_true", help="also write decoders/<HEAD>.nii.gz per case")
+    add_segment_options(b)
     b.add_argument("--no-resume", dest="resume", action="store_false",
                    help="redo every case, even those already complete in OUTDIR")
     b.add_argument("--prefetch", type=int, default=2, metavar="N",
