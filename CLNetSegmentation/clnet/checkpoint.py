@@ -183,6 +183,7 @@ def save_model(
             else:
                 manifest.decoders[name].file, manifest.decoders[name].sha256 = file, digest
         _write_bytes(tmp / MANIFEST_NAME, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared and packaged
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
