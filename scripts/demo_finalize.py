@@ -15,8 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from clnet.bodypart import anatomy_ranges, decoder_range, load_default
 from clnet.catalog import load_catalog
 from clnet.checkpoint import load_model, save_model
+
+
+def bodypart_windows(ct: Path, seg: Path, labels_json: Path, manifest) -> dict[str, tuple[float, float] | None]:
+    """Each decoder's body-part score window, from where its anatomies occur in the training scan."""
+    catalog = load_catalog()
+    scores = load_default().score_slices(sitk.ReadImage(str(ct)))  # one score per LPS slice
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(seg)), "LPS"))
+    values = {}
+    for value, name in json.loads(labels_json.read_text()).items():
+        a = catalog.get(name)
+        if a is not None:
+            values[a.name] = int(value)
+    ranges = anatomy_ranges(scores, labels, values)
+    windows = {}
+    for d, entry in manifest.decoders.items():
+        w = decoder_range(ranges, entry.anatomies)
+        windows[d] = (round(w[0], 2), round(w[1], 2)) if w else None
+    return windows
 
 
 def catalog_reference(seg: Path, labels_json: Path, out: Path) -> Path:
@@ -58,6 +77,12 @@ def main() -> int:
     loaded = load_model(a.model)
     m = loaded.manifest
     catalog = load_catalog()
+    # Body-part windows first, so the Dice below is measured with gating on, as users run it.
+    windows = bodypart_windows(a.data / "example_ct.nii.gz", a.data / "example_seg_fast_force_split.nii.gz",
+                               a.data / "labels.json", m)
+    for d, w in windows.items():
+        m.decoders[d].bodypart_range = w
+    save_model(loaded.network, m, a.out, overwrite=True, copy_from=a.model)
     outputs = {catalog.by_name(n).name for n in m.anatomy_owner()}
     views = {
         "example_ct": (a.data / "example_ct.nii.gz", a.data / "example_seg_fast_force_split.nii.gz",
@@ -69,7 +94,7 @@ def main() -> int:
     commands = []
     for key, (ct, seg, what) in views.items():
         ref = catalog_reference(seg, a.data / "labels.json", a.work / f"ref_{key}.nii.gz")
-        scores, cmds = segment_and_evaluate(a.model, ct, ref, a.work / f"seg_{key}")
+        scores, cmds = segment_and_evaluate(a.out, ct, ref, a.work / f"seg_{key}")
         commands += cmds
         per = {n: d for n, d in scores.items() if n in outputs}
         per_decoder = {}
@@ -97,6 +122,8 @@ def main() -> int:
                          "truth); Apache-2.0, Wasserthal et al., Radiology: AI 2023",
         "validation": "none held out: Dice is measured on the training scan (and a crop of it)",
         "pipeline": "scripts/train_demo.sh (train → add-decoder ×2 → prune → finalise)",
+        "bodypart_ranges": "from the bundled body-part model's scores of the training scan's labelled slices "
+                           "(clnet.bodypart.anatomy_ranges + decoder_range, margin 0.25 × extent)",
         "total_training_seconds": round(a.seconds, 1),
     })
     save_model(loaded.network, m, a.out, overwrite=True, copy_from=a.model)
@@ -119,6 +146,9 @@ def write_readme(out: Path, m, prune_report: str) -> None:
         "  with `clnet add-decoder` on the frozen encoder; `vessels_muscles` then narrowed with `clnet prune`.",
         "- Data: TotalSegmentator `tests/reference_files/example_ct.nii.gz` + `example_seg_fast_force_split.nii.gz`",
         "  (Apache-2.0; Wasserthal et al., Radiology: AI 2023). Re-create with `scripts/train_demo.sh`.",
+        "- Body-part windows (decoders are skipped on slices scoring outside them): "
+        + ", ".join(f"`{d}` {e.bodypart_range}" for d, e in m.decoders.items())
+        + ". They come from one scan that covers T11 to the femurs only, so they are narrow guesses.",
         "",
         "## Dice (via `clnet segment` + `clnet evaluate`)",
         "",
