@@ -84,6 +84,21 @@ def fake_decoder(seed: int, base: int, num_classes: int) -> dict[str, torch.Tens
     return sd
 
 
+# Whole channels the pruning masks leave without effect (the import drops them), per decoder level
+# (u, first conv / upsampling / last conv):
+DEAD_BETA = "conv_blocks_localization.0.0.blocks.0.instnorm.bias"
+
+
+def kill_channels(sd: dict[str, torch.Tensor]) -> None:
+    """Level 0, first conv: channels 0-2 get no input and β = 0 (output exactly 0), channel 3 gets no
+    input but keeps β (a constant: must stay). Level 1 upsampling: outputs 0-1 have no weights. Level 2,
+    last conv: channels 0-1 are read by nobody. Level 4: the final head ignores channel 0."""
+    sd["conv_blocks_localization.0.0.blocks.0.conv.weight_mask"][0:4] = 0
+    sd["tu.1.weight_mask"][:, 0:2] = 0
+    sd["tu.3.weight_mask"][0:2] = 0
+    sd["seg_outputs.4.weight_mask"][:, 0] = 0
+
+
 def ema_of(raw: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """An EMA copy: same masks, nearby (but different) values."""
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +181,12 @@ def official_tree(tmp_path_factory) -> dict:
     for n, (head, (task, fold_dir, base, spacing, stats)) in enumerate(HEADS.items()):
         k = len(head_anatomies(head))
         raw = fake_decoder(10 + n, base, k + 1)
+        if head == "MERGED_HN3":
+            kill_channels(raw)
         ema = ema_of(raw, 20 + n)
+        for sd in (raw, ema):
+            if head == "MERGED_HN3":
+                sd[DEAD_BETA][0:3] = 0
         if head == "Chest_LNS":  # official fallback: an EMA conv weight rounding to zero → raw weights
             ema["conv_blocks_localization.2.0.blocks.0.conv.weight_orig"] *= 1e-4
             used = raw
@@ -272,6 +292,26 @@ def test_forward_matches_official_reference(official_tree, imported):
                 print(f"max |logit diff| {head} {tuple(shape)}: {diff:.3g}")
                 assert ours[head].shape == ref.shape
                 assert diff <= 1e-4
+
+
+def test_dead_channels_are_dropped(official_tree, imported, tmp_path):
+    """Channels the masks left without effect are cut out (the forward test above shows the output is
+    unchanged); a constant channel stays; --keep-dead-channels keeps the dense layout."""
+    from clnet.checkpoint import read_manifest
+
+    m = read_manifest(imported)
+    hn3 = m.decoders["MERGED_HN3"]
+    assert hn3.config.channels == ((64, 61, 64), (30, 32, 32), (16, 16, 14), (8, 8, 8), (4, 4, 3))
+    shrink = hn3.info["shrink"]
+    assert shrink["channels_before"] - shrink["channels_after"] == 3 + 2 + 2 + 1
+    assert shrink["parameters_after"] < shrink["parameters_before"] and shrink["constant_kept"] == 1
+    lns = m.decoders["Chest_LNS"].info["shrink"]  # random 60-70 % masks leave no channel dead
+    assert lns["channels_before"] == lns["channels_after"] and lns["constant_kept"] == 0
+
+    out = tmp_path / "dense"
+    import_official(official_tree["root"], out, heads=["MERGED_HN3"], shrink=False)
+    dense = read_manifest(out).decoders["MERGED_HN3"]
+    assert dense.config.channels[0] == (64, 64, 64) and "shrink" not in dense.info
 
 
 def test_sidecar_pickle_is_never_read(official_tree, imported):

@@ -9,16 +9,10 @@ import torch
 from clnet.checkpoint import load_model, save_model, sha256_file
 from clnet.manifest import Normalization, Preprocessing
 from clnet.model import CLNet, Decoder
+from clnet.model.channels import dense_indices, pruned_config, slice_state
 from clnet.model.factory import build_manifest, tiny_encoder
 from clnet.training.common import decoder_config
-from clnet.training.prune import (
-    PruneConfig,
-    dense_indices,
-    prune_decoder,
-    pruned_config,
-    select_channels,
-    slice_state,
-)
+from clnet.training.prune import PruneConfig, prune_decoder, select_channels
 from clnet.training.synthetic import write_synthetic_dataset
 from clnet.training.trainer import TrainConfig
 from clnet.training.transforms import AugmentConfig

@@ -12,13 +12,16 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     report = import_official(
         args.source, args.output, config=args.config, results=args.results, heads=args.heads,
-        encoder_task=args.encoder_task, name=args.name, use_ema=not args.no_ema, overwrite=args.overwrite, log=log,
+        encoder_task=args.encoder_task, name=args.name, use_ema=not args.no_ema, shrink=not args.keep_dead_channels,
+        overwrite=args.overwrite, log=log,
     )
     m = report.manifest
     print(f"imported {len(m.decoders)} decoder(s), {len(m.anatomy_owner())} anatomies into {report.directory}")
     for name, entry in m.decoders.items():
         print(f"  {name:<16} {len(entry.anatomies):3d} anatomies  weights: {entry.info.get('weights')}  "
-              f"sparsity {entry.info.get('pruning', {}).get('sparsity', 0.0):.1%}")
+              f"sparsity {entry.info.get('pruning', {}).get('sparsity', 0.0):.1%}"
+              + (f"  parameters {sh['parameters_before'] / 1e6:.2f} → {sh['parameters_after'] / 1e6:.2f} M"
+                 if (sh := entry.info.get("shrink")) else ""))
     if m.extra.get("official", {}).get("per_decoder_preprocessing"):
         print("note: the decoders were trained with different preprocessing; see decoders.*.info.preprocessing",
               file=sys.stderr)
@@ -42,6 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--encoder-task", help="task folder of the general encoder (default: found automatically)")
     p.add_argument("--name", default="clnet-official", help="model name in the manifest")
     p.add_argument("--no-ema", action="store_true", help="use the raw decoder weights instead of their EMA copies")
+    p.add_argument("--keep-dead-channels", action="store_true",
+                   help="keep the channels that pruning left without effect (default: drop them; same output, "
+                        "smaller and faster decoders)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_import_official)

@@ -29,6 +29,7 @@ from ..checkpoint import save_model, sha256_file
 from ..errors import ModelError
 from ..manifest import DecoderEntry, Manifest, Preprocessing
 from ..model import CLNet, Decoder, Encoder
+from ..model.shrink import shrink_decoder
 from .layout import (
     decoder_name_map,
     encoder_name_map,
@@ -235,6 +236,7 @@ def import_official(
     encoder_task: str | None = None,
     name: str = "clnet-official",
     use_ema: bool = True,
+    shrink: bool = True,
     overwrite: bool = False,
     log: Log | None = None,
 ) -> ImportReport:
@@ -242,6 +244,8 @@ def import_official(
 
     ``source`` is the official ``results/`` tree, or the official configuration JSON (then the tree
     is ``results`` or the paths recorded in the JSON). ``heads`` limits the import to some heads.
+    With ``shrink`` (default) channels that the pruning masks left without effect are removed, so
+    the decoders become genuinely smaller networks with the same output (:mod:`clnet.model.shrink`).
     """
     from ..catalog import load_catalog
 
@@ -331,6 +335,12 @@ def import_official(
             module.load_state_dict(
                 rename_checked(tensors, decoder_name_map(dec_cfg), module.state_dict(), f"decoder {head}"), strict=True
             )
+            shrunk = None
+            if shrink:
+                small, small_cfg, shrunk = shrink_decoder(module.state_dict(), dec_cfg, enc_cfg)
+                if shrunk.channels_after < shrunk.channels_before:
+                    dec_cfg, module = small_cfg, Decoder(enc_cfg, small_cfg)
+                    module.load_state_dict(small, strict=True)
             patch = None
             if src.config:
                 patch = src.config.patch_size.get(head) or src.config.patch_size.get("all")
@@ -350,11 +360,16 @@ def import_official(
             }
             if rng:
                 info["bodypart_statistics"] = rng
+            if shrunk is not None:
+                info["shrink"] = shrunk.to_dict()
             entries[head] = DecoderEntry(head, anatomies, dec_cfg, bodypart_range=window, info=info)
             modules[head] = module
             preps[head] = prep
             log(f"  {head}: {dec_cfg.num_classes - 1} anatomies, weights from {picked}, "
-                f"sparsity {pruning.sparsity:.1%}")
+                f"sparsity {pruning.sparsity:.1%}"
+                + (f", dead channels dropped: {shrunk.channels_before} → {shrunk.channels_after} channels, "
+                   f"{shrunk.parameters_before / 1e6:.2f} → {shrunk.parameters_after / 1e6:.2f} M parameters"
+                   if shrunk else ""))
 
     # --- assemble ----------------------------------------------------------------------------
     network = CLNet(enc_cfg, {h: e.config for h, e in entries.items()})

@@ -34,14 +34,13 @@ from safetensors.torch import save as save_bytes
 from ..checkpoint import load_model, save_model
 from ..errors import ClnetError
 from ..manifest import Manifest
-from ..model import CLNet, Decoder, DecoderConfig, EncoderConfig
+from ..model import CLNet, Decoder
+from ..model.channels import Layer, dense_indices, pruned_config, slice_state
 from .add_decoder import verify_continual
 from .common import check_patch, pad_value, provenance, select_training_device
 from .datasets import catalog_labels, load_dataset, prepare_cases
 from .evaluation import dice_per_anatomy, mean_dice
 from .trainer import TrainConfig, fit, seed_everything
-
-Layer = tuple[int, int]  # (level u, j): j = 0 the upsampling, j ≥ 1 conv j-1 of the level
 
 
 @dataclass
@@ -51,10 +50,6 @@ class PruneConfig:
     fraction: float = 0.3
     min_channels: int = 4
     rewind: str | None = None  # safetensors of early decoder weights (dense shapes)
-
-
-def dense_indices(cfg: DecoderConfig) -> dict[Layer, np.ndarray]:
-    return {(u, j): np.arange(w) for u, lvl in enumerate(cfg.channels) for j, w in enumerate(lvl)}
 
 
 def channel_scores(decoder: Decoder) -> dict[Layer, np.ndarray]:
@@ -78,39 +73,6 @@ def select_channels(decoder: Decoder, kept: dict[Layer, np.ndarray], fraction: f
         order = np.argsort(-scores[layer], kind="stable")[:n_keep]
         new[layer] = np.sort(idx[np.sort(order)])
     return new
-
-
-def slice_state(dense: dict[str, torch.Tensor], kept: dict[Layer, np.ndarray], dense_cfg: DecoderConfig,
-                encoder: EncoderConfig) -> dict[str, torch.Tensor]:
-    """Cut a dense decoder state dict down to the ``kept`` channels (indices into the dense layers)."""
-    n_stages = encoder.num_stages
-    out: dict[str, torch.Tensor] = {}
-    prev_out: np.ndarray | None = None  # channels entering this level's upsampling (None: all)
-    for u, lvl in enumerate(dense_cfg.channels):
-        p = f"levels.{u}."
-        up_keep = torch.as_tensor(kept[(u, 0)])
-        w = dense[p + "up.weight"]  # (in, out, k...)
-        if prev_out is not None:
-            w = w[torch.as_tensor(prev_out)]
-        out[p + "up.weight"] = w[:, up_keep].clone()
-        skip_ch = encoder.features[n_stages - 2 - u]
-        in_keep = torch.cat([up_keep, lvl[0] + torch.arange(skip_ch)])
-        for i in range(len(lvl) - 1):
-            b = f"{p}blocks.{i}."
-            o = torch.as_tensor(kept[(u, i + 1)])
-            out[b + "conv.weight"] = dense[b + "conv.weight"][o][:, in_keep].clone()
-            out[b + "conv.bias"] = dense[b + "conv.bias"][o].clone()
-            out[b + "norm.weight"] = dense[b + "norm.weight"][o].clone()
-            out[b + "norm.bias"] = dense[b + "norm.bias"][o].clone()
-            in_keep = o
-        out[p + "head.weight"] = dense[p + "head.weight"][:, in_keep].clone()
-        prev_out = in_keep.numpy()
-    return out
-
-
-def pruned_config(dense_cfg: DecoderConfig, kept: dict[Layer, np.ndarray]) -> DecoderConfig:
-    chans = tuple(tuple(len(kept[(u, j)]) for j in range(len(lvl))) for u, lvl in enumerate(dense_cfg.channels))
-    return DecoderConfig(num_classes=dense_cfg.num_classes, channels=chans)
 
 
 def decoder_bytes(decoder: Decoder) -> int:
