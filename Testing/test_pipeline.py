@@ -263,3 +263,40 @@ def test_flip_invariance_holds_with_the_body_crop(segmenter, shared_data):
         flipped = flipped_same_world(whole, axis)
         back = np.flip(sitk.GetArrayFromImage(segmenter.segment(flipped, fast=True).labels), axis=2 - axis)
         np.testing.assert_array_equal(back, ref.array())
+
+
+def _slabs(network, volume, decoders, patch, **kwargs) -> list[SlabResult]:
+    import torch
+    from clnet.inference.sliding_window import sliding_window
+
+    out: list[SlabResult] = []
+    sliding_window(network, volume, decoders, patch, 0.5, out.append, torch.device("cpu"), **kwargs)
+    return out
+
+
+def test_float16_band_decides_like_float32_and_gated_bands_are_released(segmenter):
+    """The low-precision band (used on CUDA and for many classes) changes almost no decision; a decoder
+    gated off after the first row of tiles stops appearing in the slabs once its band is flushed."""
+    import torch
+
+    net, manifest = segmenter.model.network, segmenter.manifest
+    decoders, patch = list(manifest.decoders), manifest.preprocessing.patch_size_zyx
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(2 * patch[0] + 5, patch[1] + 9, patch[2] + 3)).astype(np.float32)
+    full = _slabs(net, volume, decoders, patch, band_dtype=torch.float32)
+    half = _slabs(net, volume, decoders, patch, band_dtype=torch.float16)
+    assert [(s.z0, s.z1) for s in full] == [(s.z0, s.z1) for s in half]
+    for a, b in zip(full, half):
+        for d in decoders:
+            assert np.mean(a.labels[d] == b.labels[d]) > 0.995
+            assert np.abs(a.confidence[d].astype(int) - b.confidence[d].astype(int)).max() <= 2
+
+    first = decoders[0]
+    gated = _slabs(net, volume, decoders, patch, band_dtype=torch.float32,
+                   active_decoders=lambda z0, z1: decoders if z0 == 0 else decoders[1:])
+    reached = patch[0]  # the first row of tiles covers [0, patch depth)
+    for a, g in zip(full, gated):
+        assert (first in g.labels) == (g.z0 < reached)
+        for d in decoders[1:]:
+            np.testing.assert_array_equal(a.labels[d], g.labels[d])
+    assert sum(s.z1 - s.z0 for s in gated) == volume.shape[0]

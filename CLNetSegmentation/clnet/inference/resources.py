@@ -21,6 +21,7 @@ import torch
 from ..errors import ClnetError
 from ..manifest import Manifest
 from ..model.config import EncoderConfig
+from .sliding_window import accumulator_dtype
 
 T = TypeVar("T")
 
@@ -157,8 +158,8 @@ def estimate_memory(
     Components follow the pipeline (``Segmenter.segment``): the input kept as float32; during
     preprocessing the oriented copy and the float32 cast of the body crop (assumed to be the whole
     image) plus the resampled volume; during the network the normalised model-grid volume, the
-    z-band accumulators (classes × patch depth × Y × X per decoder, plus their weight band and the
-    shifted copy made when a band is flushed), the uint8 label and confidence volumes, activations
+    z-band accumulators (classes × patch depth × Y × X per decoder in float32, or float16 when that
+    would be large, plus each decoder's weight band and the temporaries of a flush), the uint8 label and confidence volumes, activations
     for a batch of tiles and the weights; at the end the label image on the input grid and its
     ``np.unique`` copy. The peak is the largest of these phase totals.
     """
@@ -176,6 +177,7 @@ def estimate_memory(
     band_voxels = patch[0] * padded[1] * padded[2]
     classes = [manifest.decoders[d].config.num_classes for d in decoders]
     label_bytes = 1 if len(manifest.anatomy_owner()) < 256 else 2
+    band_bytes = accumulator_dtype("cpu", sum(classes) * band_voxels).itemsize
 
     b = {
         "runtime": RUNTIME_BYTES,
@@ -185,8 +187,9 @@ def estimate_memory(
         "model_grid_volume": n_model * FLOAT_BYTES,
         # GetArrayFromImage copies the resampled image before the sitk image is dropped
         "model_grid_resample_copy": n_model * FLOAT_BYTES,
-        "band_accumulators": sum(classes) * band_voxels * FLOAT_BYTES + band_voxels * FLOAT_BYTES,
-        "band_flush_copy": (max(classes, default=0) + 1) * band_voxels * FLOAT_BYTES,
+        # every decoder's band (the worst case: body-part gating usually leaves some out)
+        "band_accumulators": sum(classes) * band_voxels * band_bytes + len(classes) * band_voxels * FLOAT_BYTES,
+        "band_flush_copy": (max(classes, default=0) * band_bytes + 2 * FLOAT_BYTES) * band_voxels,
         "label_and_confidence": 2 * n_model,
         "network_weights": network_parameters(manifest, decoders) * FLOAT_BYTES,
         "network_activations": activation_bytes(manifest, decoders, patch, batch_size),

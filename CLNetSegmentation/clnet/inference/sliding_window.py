@@ -4,7 +4,9 @@ Tiles are visited row by row along z. Each tile runs the encoder once and then o
 that are active for it. Gaussian-weighted softmax outputs are accumulated in a band one patch deep;
 as soon as the next row starts, the finished slab is turned into labels (argmax) and confidences
 (uint8) and handed to ``on_slab``. So memory holds (classes × patch depth × Y × X), never
-(classes × whole volume).
+(classes × whole volume). A decoder's band exists only while the rows it ran on overlap the band
+(body-part gating keeps most decoders off most rows), and with many classes the band is stored in
+float16 (always on CUDA): 231 classes at 1.5 mm are several GB in float32.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ def count_tiles(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: flo
     return math.prod(len(tile_starts(max(s, p), p, overlap)) for s, p in zip(shape_zyx, patch_zyx))
 
 
+# Above this many bytes of float32 band the CPU stores the band in float16: half the memory, for
+# accumulation that costs about twice as long (still small next to the network for such models).
+FLOAT16_BAND_BYTES = 1 << 30
+
+
+def accumulator_dtype(device_type: str, band_values: int) -> torch.dtype:
+    """The band's dtype for ``band_values`` accumulated values (classes × band voxels, all decoders)."""
+    if device_type == "cuda" or band_values * 4 > FLOAT16_BAND_BYTES:
+        return torch.float16
+    return torch.float32
+
+
 def autocast_context(device: torch.device):
     """bf16/fp16 autocast on CUDA; float32 elsewhere."""
     if device.type == "cuda":
@@ -67,12 +81,14 @@ def sliding_window(
     active_decoders: Callable[[int, int], Sequence[str]] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     skip_below: float | None = None,
+    band_dtype: torch.dtype | None = None,
 ) -> None:
     """Run ``network`` over ``volume`` (z, y, x, normalised) and stream per-slab decisions.
 
     ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
     [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel;
-    tiles whose values never exceed ``skip_below`` are not run at all.
+    tiles whose values never exceed ``skip_below`` are not run at all. ``band_dtype`` overrides
+    :func:`accumulator_dtype`.
     """
     patch = [int(p) for p in patch_zyx]
     shape = volume.shape
@@ -88,10 +104,14 @@ def sliding_window(
 
     n_classes = {d: network.decoders[d].config.num_classes for d in decoders}
     band_depth, Y, X = patch[0], padded_shape[1], padded_shape[2]
+    if band_dtype is None:
+        band_dtype = accumulator_dtype(device.type, sum(n_classes.values()) * band_depth * Y * X)
     # Per decoder: weighted class probabilities and the weight that went into them (gating means
-    # decoders may have seen different tiles), for one band of tile depth.
-    acc = {d: torch.zeros((n_classes[d], band_depth, Y, X), device=device) for d in decoders}
-    weight = {d: torch.zeros((band_depth, Y, X), device=device) for d in decoders}
+    # decoders may have seen different tiles), for one band of tile depth; created when a decoder
+    # first runs on a row, dropped once nothing it accumulated is left in the band.
+    acc: dict[str, torch.Tensor] = {}
+    weight: dict[str, torch.Tensor] = {}
+    reach: dict[str, int] = {}  # end (z) of the last row each decoder ran on
     band_z = 0
     done = 0
 
@@ -112,14 +132,17 @@ def sliding_window(
         keep = real_end - band_z
         if keep > 0:
             labels, conf = {}, {}
-            for d in decoders:
+            for d in acc:
                 a = acc[d][:, :keep, : shape[1], : shape[2]]
                 best, arg = a.max(dim=0)
                 w = weight[d][:keep, : shape[1], : shape[2]].clamp_min(1e-8)
                 labels[d] = arg.to(torch.uint8).cpu().numpy()
-                conf[d] = (best / w * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+                conf[d] = (best.float() / w * 255.0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
             on_slab(SlabResult(band_z, real_end, labels, conf))
-        for d in decoders:
+        for d in list(acc):
+            if reach[d] <= upto:  # nothing of this decoder's is left in the band
+                del acc[d], weight[d]
+                continue
             shift(acc[d], n, 1)
             shift(weight[d], n, 0)
         band_z = upto
@@ -141,7 +164,11 @@ def sliding_window(
                 with autocast_context(device):
                     out = network(batch, decoders=active)
                 for d in active:
-                    probs = torch.softmax(out[d].float(), dim=1) * importance
+                    if d not in acc:
+                        acc[d] = torch.zeros((n_classes[d], band_depth, Y, X), device=device, dtype=band_dtype)
+                        weight[d] = torch.zeros((band_depth, Y, X), device=device)
+                    reach[d] = z0 + patch[0]
+                    probs = (torch.softmax(out[d].float(), dim=1) * importance).to(band_dtype)
                     for i, (_, y, x) in enumerate(batch_pos):
                         acc[d][:, :, y : y + patch[1], x : x + patch[2]] += probs[i]
                         weight[d][:, y : y + patch[1], x : x + patch[2]] += importance
