@@ -243,6 +243,8 @@ def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, sha
     res = seg.segment(ct)
     assert res.settings["bodypart_gating"]["used"]
     assert res.settings["bodypart_gating"]["skipped_tile_rows"] > 0
+    runs = res.settings["tiles_run"]  # the spine decoder never ran; the encoder ran for the abdomen one
+    assert runs["spine"] == 0 and runs["abdomen"] == runs["encoder"] > 0
     spine = {seg.catalog.by_name(n).label for n in ("Bone_Vert_L1", "Bone_Vert_L2")}
     assert not set(np.unique(res.array()).tolist()) & spine
     # The abdomen decoder alone, ungated, decides exactly the same voxels.
@@ -251,6 +253,7 @@ def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, sha
     np.testing.assert_array_equal(np.isin(res.array(), list(abd)), np.isin(alone.array(), list(abd)))
     ungated = Segmenter(model, device="cpu", gating=False).segment(ct)
     assert not ungated.settings["bodypart_gating"]["used"]
+    assert ungated.settings["tiles_run"]["spine"] == ungated.settings["tiles_run"]["encoder"]
     assert set(np.unique(ungated.array()).tolist()) & spine
 
 

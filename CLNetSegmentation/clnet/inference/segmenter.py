@@ -179,10 +179,11 @@ class Segmenter:
         decisions: tuple[np.ndarray, np.ndarray] | None = None
         conflicts, total_tiles = 0, 0
         heads: dict[str, sitk.Image] = {}
+        tiles_run: dict[str, int] = {}
         for index, (prep, decs) in enumerate(groups):
             decisions, overruled, tiles = self._run_group(
                 image, prep, decs, lookups, fast, overlap, decisions, report, timings, (index, len(groups)), heads,
-                warnings, keep_heads=per_decoder, gate=gate,
+                warnings, tiles_run, keep_heads=per_decoder, gate=gate,
             )
             conflicts += overruled
             total_tiles += tiles
@@ -211,6 +212,7 @@ class Segmenter:
             "decoders_run": run,
             "preprocessing_groups": len(groups),
             "tiles": total_tiles,
+            "tiles_run": tiles_run,  # tiles the encoder / each decoder ran on (air and gating skip some)
             "estimated_peak_ram_gb": round(estimate.peak_bytes / 2**30, 2),
             "conflict_voxels": conflicts,
             "bodypart_gating": {"used": gate is not None, "skipped_tile_rows": gate.skipped_rows if gate else 0},
@@ -253,10 +255,11 @@ class Segmenter:
     def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
                    fast: bool, overlap: float | None, merged: tuple[np.ndarray, np.ndarray] | None,
                    report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
-                   warnings: list[str], keep_heads: bool = False,
+                   warnings: list[str], tiles_run: dict[str, int], keep_heads: bool = False,
                    gate: Gate | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
         """Prepare, run and merge one preprocessing group; returns the merged (labels, confidence)
-        on the input grid, the overruled-voxel count and the number of tiles."""
+        on the input grid, the overruled-voxel count and the number of tiles. ``tiles_run`` counts
+        the tiles the encoder and each decoder actually ran on."""
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
         prepared = prepare(image, prep, fast=fast)
@@ -267,13 +270,13 @@ class Segmenter:
         t = time.perf_counter()
         report("network", 0.0, f"Running {len(decoders)} decoder(s) on {tiles} tile(s)")
 
-        def attempt(device: torch.device, batch_size: int) -> LabelMerger:
+        def attempt(device: torch.device, batch_size: int) -> tuple[LabelMerger, dict[str, int]]:
             # A fresh merger per attempt: a retry after running out of memory starts clean.
             self.model.network.to(device)
             self.device = device
             merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders,
                                  keep_heads=keep_heads)
-            sliding_window(
+            runs = sliding_window(
                 self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, device,
                 batch_size=batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
                 active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
@@ -282,10 +285,12 @@ class Segmenter:
                     "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
                 ),
             )
-            return merger
+            return merger, runs
 
-        merger = oom_fallback(attempt, self.device, self.batch_size, log=warnings.append)
+        merger, runs = oom_fallback(attempt, self.device, self.batch_size, log=warnings.append)
         timings["network"] = timings.get("network", 0.0) + time.perf_counter() - t
+        for key, n in runs.items():
+            tiles_run[key] = tiles_run.get(key, 0) + n
 
         t = time.perf_counter()
         report("merge", 0.0, "Mapping labels back to the input grid")

@@ -82,13 +82,14 @@ def sliding_window(
     on_tile: Callable[[int, int], None] | None = None,
     skip_below: float | None = None,
     band_dtype: torch.dtype | None = None,
-) -> None:
+) -> dict[str, int]:
     """Run ``network`` over ``volume`` (z, y, x, normalised) and stream per-slab decisions.
 
     ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
     [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel;
     tiles whose values never exceed ``skip_below`` are not run at all. ``band_dtype`` overrides
-    :func:`accumulator_dtype`.
+    :func:`accumulator_dtype`. Returns how many tiles the encoder and each decoder ran on
+    (``{"encoder": n, <decoder>: n, ...}``).
     """
     patch = [int(p) for p in patch_zyx]
     shape = volume.shape
@@ -114,6 +115,7 @@ def sliding_window(
     reach: dict[str, int] = {}  # end (z) of the last row each decoder ran on
     band_z = 0
     done = 0
+    runs = dict.fromkeys(["encoder", *decoders], 0)
 
     def shift(t: torch.Tensor, n: int, axis: int) -> None:
         """Move the band ``n`` slices forward in place (front to back, so nothing is overwritten early)."""
@@ -163,6 +165,8 @@ def sliding_window(
                 batch = torch.stack(tiles)[:, None].to(device, non_blocking=True)
                 with autocast_context(device):
                     out = network(batch, decoders=active)
+                for key in ["encoder", *active]:
+                    runs[key] += len(tiles)
                 for d in active:
                     if d not in acc:
                         acc[d] = torch.zeros((n_classes[d], band_depth, Y, X), device=device, dtype=band_dtype)
@@ -176,3 +180,4 @@ def sliding_window(
             if on_tile is not None:
                 on_tile(done, total)
     flush(starts[0][-1] + patch[0])
+    return runs
