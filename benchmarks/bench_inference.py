@@ -9,8 +9,8 @@ Measures, in one run on one input, with warm-up excluded and the median of ``--r
    ratio of the two (skipped with a clear line when ``nnunetv2`` is not importable);
 3. the time per stage (read, check, prepare = crop/resample/normalise, network, merge, resample back,
    write) for the full anatomy set;
-4. peak RSS (and peak VRAM on CUDA) against scan length: the real CT tiled 1×, 3×, 6× along z, each
-   configuration in a fresh subprocess so peaks do not mix.
+4. peak RSS (and peak VRAM on CUDA) against scan length: the real CT (or its 512×512 version) tiled
+   1×, 3×, 6× along z, each configuration in a fresh subprocess so peaks do not mix.
 
 It prints markdown tables and, with ``--json PATH``, writes every number to a JSON file.
 See benchmarks/README.md for how to run it and what the columns mean.
@@ -95,12 +95,14 @@ def find_real_ct(explicit: str | None) -> Path:
              f"(looked in: {', '.join(str(c) for c in candidates)}).")
 
 
-def tile_z(image: sitk.Image, copies: int) -> sitk.Image:
-    """The scan repeated ``copies`` times along z (same origin, spacing and direction; longer)."""
+def tile_z(image: sitk.Image, copies: float) -> sitk.Image:
+    """The scan repeated ``copies`` times along z, the last copy cut short for a fraction (same
+    origin, spacing and direction; longer)."""
     if copies == 1:
         return image
     arr = sitk.GetArrayViewFromImage(image)
-    out = sitk.GetImageFromArray(np.concatenate([arr] * copies, axis=0))
+    slices = max(1, int(round(arr.shape[0] * copies)))
+    out = sitk.GetImageFromArray(np.concatenate([arr] * int(np.ceil(copies)), axis=0)[:slices])
     out.SetSpacing(image.GetSpacing())
     out.SetOrigin(image.GetOrigin())
     out.SetDirection(image.GetDirection())
@@ -110,7 +112,7 @@ def tile_z(image: sitk.Image, copies: int) -> sitk.Image:
 def realistic_ct(ct: sitk.Image, inplane: int = 512, z_spacing: float = 1.5, min_slices: int = 440) -> sitk.Image:
     """A clinical-size scan from the real CT: 512×512 in-plane over its (square) field of view, 1.5 mm
     slices, tiled along z to at least ``min_slices`` slices (the real CT's 336 mm gives 224 slices, so
-    two copies: 512×512×448), int16 like a typical CT series."""
+    two copies: 512×512×448), int16 like a typical CT series. ``min_slices=0``: not tiled."""
     size, spacing = np.array(ct.GetSize()), np.array(ct.GetSpacing())
     fov = size * spacing
     s_xy = float(max(fov[0], fov[1]) / inplane)
@@ -146,9 +148,11 @@ def describe_image(path: Path) -> dict:
 # models
 
 
-def official_random_manifest(quick: bool):
+def official_random_manifest(quick: bool, width_scale: float = 1.0):
     """Random-weight stand-in for the released CL-Net: official encoder, the nine official decoders
-    with their anatomy groups (222 outputs), official tiling settings; ``quick`` shrinks widths and patch."""
+    with their anatomy groups (222 outputs) and body-part windows, official tiling settings.
+    ``width_scale`` narrows every decoder level (0.25: what structured pruning aims at); ``quick``
+    shrinks widths and patch."""
     from clnet.catalog import load_catalog
     from clnet.manifest import Normalization, Preprocessing
     from clnet.model import EncoderConfig
@@ -159,6 +163,7 @@ def official_random_manifest(quick: bool):
         OFFICIAL_PATCH_SIZE,
         OFFICIAL_SIGMA_SCALE,
         OFFICIAL_STEP_SIZE,
+        OFFICIAL_WINDOWS,
         official_label_table,
     )
 
@@ -179,9 +184,16 @@ def official_random_manifest(quick: bool):
         overlap=round(1.0 - OFFICIAL_STEP_SIZE, 6), gaussian_sigma_scale=OFFICIAL_SIGMA_SCALE,
         body_threshold_hu=OFFICIAL_BODY_THRESHOLD_HU,
     )
-    name = "official-random-quick" if quick else "official-random"
-    return build_manifest(name, encoder, heads, preprocessing=prep,
-                          description="Random weights in the official CL-Net layout (benchmark only).")
+    name = ("official-pruned" if width_scale < 1 else "official-random") + ("-quick" if quick else "")
+    what = f"decoders at {width_scale:g}× width" if width_scale < 1 else "dense decoders"
+    manifest = build_manifest(name, encoder, heads, preprocessing=prep, width_scale=width_scale,
+                              description=f"Random weights in the official CL-Net layout, {what} (benchmark only).")
+    for head, entry in manifest.decoders.items():
+        entry.bodypart_range = OFFICIAL_WINDOWS.get(head)
+    return manifest
+
+
+OFFICIAL_MODELS = {"official-random": 1.0, "official-pruned": 0.25}
 
 
 def prepare_model(spec: str, quick: bool, workdir: Path) -> Path:
@@ -189,8 +201,9 @@ def prepare_model(spec: str, quick: bool, workdir: Path) -> Path:
     from clnet.model.factory import save_random_model
     from clnet.registry import BUNDLED_MODELS_DIR
 
-    if spec in ("official-random", "official-random-quick"):
-        manifest = official_random_manifest(quick or spec.endswith("-quick"))
+    base = spec.removesuffix("-quick")
+    if base in OFFICIAL_MODELS:
+        manifest = official_random_manifest(quick or spec.endswith("-quick"), OFFICIAL_MODELS[base])
         folder = workdir / "models" / manifest.name
         stamp = folder / "bench_stamp.json"
         wanted = json.dumps(manifest.to_dict(), sort_keys=True)
@@ -246,6 +259,32 @@ def clnet_tile_gflops(manifest, decoders: Sequence[str]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+_GFLOPS: dict[tuple[str, str], float] = {}
+
+
+def clnet_part_gflops(manifest, part: str) -> float:
+    """GFLOP on one patch of the encoder (``part="encoder"``) or of one decoder alone."""
+    from clnet.model import Encoder
+    from torch.utils.flop_counter import FlopCounterMode
+
+    key = (manifest.name, part)
+    if key not in _GFLOPS:
+        decoder = next(iter(manifest.decoders)) if part == "encoder" else part
+        with torch.device("meta"):
+            encoder = Encoder(manifest.encoder)
+            x = torch.empty(1, 1, *manifest.decoder_preprocessing(decoder).patch_size_zyx)
+            with FlopCounterMode(display=False) as counter, torch.inference_mode():
+                encoder(x)
+        enc = counter.get_total_flops() / 1e9
+        _GFLOPS[key] = enc if part == "encoder" else clnet_tile_gflops(manifest, [part]) - enc
+    return _GFLOPS[key]
+
+
+def clnet_work_gflops(manifest, runs: dict[str, int]) -> float:
+    """GFLOP of a whole CL-Net job from the tiles the encoder and each decoder really ran on."""
+    return sum(clnet_part_gflops(manifest, part) * n for part, n in runs.items() if n)
+
+
 # --------------------------------------------------------------------------------------------------
 # the two engines
 
@@ -286,6 +325,7 @@ class Measure:
     mode: str
     decoders: list[str] = field(default_factory=list)
     tiles: int = 0
+    runs: dict[str, int] = field(default_factory=dict)  # CL-Net: tiles the encoder / each decoder ran on
     total_s: list[float] = field(default_factory=list)
     stages_s: list[dict[str, float]] = field(default_factory=list)
 
@@ -299,18 +339,18 @@ class Measure:
         stages = sorted({k for s in self.stages_s for k in s})
         return {
             "engine": self.engine, "scenario": self.scenario, "mode": self.mode, "decoders": self.decoders,
-            "tiles": self.tiles, "repeats": len(self.total_s), "total_s": [round(v, 4) for v in self.total_s],
+            "tiles": self.tiles, "tiles_run": self.runs, "repeats": len(self.total_s), "total_s": [round(v, 4) for v in self.total_s],
             "median_total_s": round(self.median(), 4),
             "median_stages_s": {k: round(self.stage_median(k), 4) for k in stages},
         }
 
 
 class ClnetEngine:
-    def __init__(self, model_dir: Path, device: str) -> None:
+    def __init__(self, model_dir: Path, device: str, gating: bool = True) -> None:
         from clnet import Segmenter
 
         t = time.perf_counter()
-        self.segmenter = Segmenter(model_dir, device=device)
+        self.segmenter = Segmenter(model_dir, device=device, gating=gating)
         self.load_seconds = time.perf_counter() - t
         self.timer = ResampleBackTimer()
 
@@ -380,7 +420,8 @@ def child_main(spec: dict) -> None:
     fast = spec["mode"] == "fast"
     out: dict = {"engine": spec["engine"]}
     if spec["engine"] == "clnet":
-        engine = ClnetEngine(Path(spec["model_dir"]), spec["device"])
+        # Body-part gating off: every decoder on every tile, the worst case for memory.
+        engine = ClnetEngine(Path(spec["model_dir"]), spec["device"], gating=False)
         baseline = current_rss_mib()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -452,12 +493,16 @@ def say(text: str = "") -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="official-random",
-                   help="official-random (default), demo (the bundled model) or a clnet model folder")
-    p.add_argument("--size", choices=("small", "realistic"), default="small",
-                   help="small = the real CT as is (122×101×112, 3 mm); realistic = 512×512×448 at 1.5 mm slices")
+                   help="official-random (default; dense decoders), official-pruned (decoders at quarter width), "
+                        "demo (the bundled model) or a clnet model folder")
+    p.add_argument("--size", choices=("small", "medium", "realistic"), default="small",
+                   help="small = the real CT as is (122×101×112, 3 mm); medium = the real CT at 512×512 and 1.5 mm "
+                        "slices (512×512×224); realistic = medium repeated along z (512×512×448)")
     p.add_argument("--ct", help="the real CT (default: shared/data/example_ct.nii.gz, or $CLNET_BENCH_CT)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    p.add_argument("--nnunet-repeats", type=int, default=None,
+                   help="timed runs of the nnU-Net ensemble (default: --repeats; it is the slow side)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per engine and mode before timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap for both engines (default: the model's)")
@@ -468,7 +513,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip peak memory against scan length")
     p.add_argument("--no-timing", action="store_true",
                    help="only the memory part (skip subsets, comparison and stage times)")
-    p.add_argument("--memory-scales", default="1,3,6", help="scan lengths (copies of the real CT along z)")
+    p.add_argument("--memory-scales", default="1,3,6",
+                   help="scan lengths (copies of the base scan along z; fractions cut the last copy short)")
+    p.add_argument("--memory-base", choices=("small", "medium"), default="small",
+                   help="the scan that is repeated: the real CT as is, or its 512×512 1.5 mm version (224 slices)")
     p.add_argument("--memory-engines", default="clnet,nnunet", help="engines measured for memory")
     p.add_argument("--memory-mode", choices=MODES, default=None,
                    help="mode of the memory runs (default normal; fast with --quick)")
@@ -489,11 +537,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.memory_mode = "fast"
         if args.memory_scales == "1,3,6":
             args.memory_scales = "1,3"
-        if args.model == "official-random":
-            args.model = "official-random-quick"
+        if args.model in ("official-random", "official-pruned"):
+            args.model += "-quick"
     args.memory_mode = args.memory_mode or "normal"
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("--repeats must be at least 1 and --warmup at least 0")
+    args.nnunet_repeats = args.repeats if args.nnunet_repeats is None else args.nnunet_repeats
+    if args.repeats < 1 or args.nnunet_repeats < 1 or args.warmup < 0:
+        p.error("--repeats and --nnunet-repeats must be at least 1 and --warmup at least 0")
     return args
 
 
@@ -522,11 +571,15 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
     device = select_device(args.device)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     real_ct = find_real_ct(args.ct)
+    medium = None
+    if args.size != "small" or args.memory_base == "medium":
+        medium = cached_image(workdir / "inputs" / "medium_512x512x224.nii.gz",
+                              lambda: realistic_ct(sitk.ReadImage(str(real_ct)), min_slices=0))
     if args.size == "realistic":
         source = cached_image(workdir / "inputs" / "realistic_512x512x448.nii.gz",
                               lambda: realistic_ct(sitk.ReadImage(str(real_ct))))
     else:
-        source = real_ct
+        source = medium if args.size == "medium" else real_ct
     model_dir = prepare_model(args.model, args.quick, workdir)
 
     say(f"# clnet inference benchmark ({'quick validation' if args.quick else args.size})")
@@ -554,7 +607,8 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
     say(f"- input: {source.name} {meta['input']['size_xyz']} at {meta['input']['spacing_xyz']} mm")
     say(f"- device: {meta['device']}, torch {torch.__version__}, {threads} thread(s), {os.cpu_count()} CPU(s); "
         f"load average at start {meta['loadavg_start']}")
-    say(f"- {args.repeats} timed repeat(s), {args.warmup} warm-up run(s) per engine and mode (excluded)")
+    say(f"- {args.repeats} timed repeat(s) of CL-Net, {args.nnunet_repeats} of the nnU-Net ensemble; "
+        f"{args.warmup} warm-up run(s) per engine and mode (excluded)")
 
     # scenarios ---------------------------------------------------------------------------------------
     available = {a.name for a in seg.available}
@@ -616,6 +670,7 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
             total, stages, result = clnet_engine.run(source, s, mode == "fast", args.overlap, write_to)
             m = measures.setdefault(("clnet", s.key, mode), Measure("clnet", s.key, mode))
             m.decoders, m.tiles = list(result.settings["decoders_run"]), int(result.settings["tiles"])
+            m.runs = dict(result.settings["tiles_run"])
             if record:
                 m.total_s.append(total)
                 m.stages_s.append(stages)
@@ -638,11 +693,12 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                     nnunet_engine.ensembles[mode].warm_up(list(manifest.decoders))
                     nnunet_once(cheapest, mode, record=False)
         meta["warmup_s"] = round(time.perf_counter() - t, 3)
-        for r in range(args.repeats):
+        for r in range(max(args.repeats, args.nnunet_repeats)):
             for mode in modes:
                 for s in scenarios:
-                    clnet_once(s, mode, record=True)
-                    if nnunet_engine:
+                    if r < args.repeats:
+                        clnet_once(s, mode, record=True)
+                    if nnunet_engine and r < args.nnunet_repeats:
                         nnunet_once(s, mode, record=True)
             say(f"- repeat {r + 1}/{args.repeats} done ({time.perf_counter() - started:.0f} s since start)")
         say()
@@ -653,11 +709,13 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
         for mode in modes:
             for s in scenarios:
                 m = measures[("clnet", s.key, mode)]
-                rows.append([label[s.key], mode, len(m.decoders), m.tiles, m.median(), m.stage_median("network"),
-                             min(m.total_s), max(m.total_s)])
+                dec_runs = sum(v for k, v in m.runs.items() if k != "encoder")
+                rows.append([label[s.key], mode, len(m.decoders), m.tiles, f"{m.runs.get('encoder', 0)} / {dec_runs}",
+                             m.median(), m.stage_median("network"), min(m.total_s), max(m.total_s)])
         say("## CL-Net engine: anatomy subsets (seconds, median)")
         say()
-        say(md_table(["scenario", "mode", "decoders", "tiles", "total s", "network s", "min s", "max s"], rows))
+        say(md_table(["scenario", "mode", "decoders", "tiles", "encoder / decoder tiles run", "total s", "network s",
+                      "min s", "max s"], rows))
         say()
 
         say("## CL-Net vs nnU-Net v2 ensemble (one nnU-Net per decoder group)")
@@ -674,7 +732,7 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                     c, n = measures[("clnet", s.key, mode)], measures[("nnunet", s.key, mode)]
                     ratio = n.median() / c.median()
                     net_ratio = n.stage_median("network") / max(c.stage_median("network"), 1e-9)
-                    c_gflop = clnet_tile_gflops(manifest, c.decoders) * c.tiles
+                    c_gflop = clnet_work_gflops(manifest, c.runs)
                     n_gflop = sum(model_gflops[d] for d in n.decoders) * n.tiles / max(1, len(n.decoders))
                     comparison.append({"scenario": s.key, "mode": mode, "decoders": len(c.decoders),
                                        "clnet_gflop": round(c_gflop, 1), "nnunet_gflop": round(n_gflop, 1),
@@ -686,7 +744,7 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                                        "nnunet_tiles": n.tiles})
                     rows.append([label[s.key], mode, len(c.decoders), f"{c.tiles} / {n.tiles}", c.median(), n.median(),
                                  f"{ratio:.2f}×", c.stage_median("network"), n.stage_median("network"),
-                                 f"{net_ratio:.2f}×", f"{c_gflop:.0f} / {n_gflop:.0f}", f"{n_gflop / max(c_gflop, 1e-9):.2f}×"])
+                                 f"{net_ratio:.2f}×", f"{c_gflop:.4g} / {n_gflop:.4g}", f"{n_gflop / max(c_gflop, 1e-9):.2f}×"])
             say(md_table(["scenario", "mode", "models", "tiles CL-Net / nnU-Net (all models)", "CL-Net s", "nnU-Net s",
                           "nnU-Net ÷ CL-Net", "CL-Net network s", "nnU-Net network s", "network ratio",
                           "GFLOP CL-Net / nnU-Net", "GFLOP ratio"], rows))
@@ -715,13 +773,15 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
 
     # memory ------------------------------------------------------------------------------------------
     memory = []
-    say(f"## Peak memory against scan length (full anatomy set, {args.memory_mode} mode, fresh process each)")
+    say(f"## Peak memory against scan length (full anatomy set, {args.memory_mode} mode, body-part gating off, "
+        "fresh process each)")
     say()
     if args.no_memory:
         say("Skipped (--no-memory).")
     else:
-        base = sitk.ReadImage(str(real_ct))
-        scales = [int(v) for v in args.memory_scales.split(",") if v.strip()]
+        base_path = medium if args.memory_base == "medium" else real_ct
+        base = sitk.ReadImage(str(base_path))
+        scales = [float(v) for v in args.memory_scales.split(",") if v.strip()]
         engines = [e.strip() for e in args.memory_engines.split(",") if e.strip()]
         if "nnunet" in engines and not nnunet_ok:
             engines.remove("nnunet")
@@ -729,8 +789,8 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
             say()
         rows = []
         for n in scales:
-            path = real_ct if n == 1 else cached_image(workdir / "inputs" / f"real_ct_{n}x.nii.gz",
-                                                        lambda n=n: tile_z(base, n))
+            path = base_path if n == 1 else cached_image(workdir / "inputs" / f"{base_path.name[:-7]}_{n:g}x.nii.gz",
+                                                          lambda n=n: tile_z(base, n))
             info = describe_image(path)
             for eng in engines:
                 spec = {"engine": eng, "model_dir": str(model_dir), "input": str(path), "mode": args.memory_mode,
@@ -740,10 +800,10 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                 res.update(scale=n, input_size_xyz=info["size_xyz"])
                 memory.append(res)
                 vram = res.get("peak_vram_allocated_mib", "–")
-                rows.append([f"{n}×", "×".join(map(str, info["size_xyz"])), eng, res.get("tiles", "–"),
+                rows.append([f"{n:g}×", "×".join(map(str, info["size_xyz"])), eng, res.get("tiles", "–"),
                              res.get("peak_rss_mib", "–"), res.get("rss_after_load_mib", "–"), vram,
                              res.get("wall_s", "–"), res["status"]])
-                say(f"- memory {n}× {eng}: {res['status']}")
+                say(f"- memory {n:g}× {eng}: {res['status']}")
         say()
         say(md_table(["scan", "input voxels (x×y×z)", "engine", "tiles", "peak RSS MiB", "RSS after load MiB",
                       "peak VRAM MiB", "wall s", "status"], rows))

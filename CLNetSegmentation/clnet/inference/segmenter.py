@@ -23,7 +23,7 @@ from ..manifest import Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device
 from .gating import Gate
-from .merge import LabelMerger, decoder_lookup, merge_claims
+from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
 from .preprocessing import labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
 from .resources import check_memory, estimate_memory, oom_fallback
@@ -176,23 +176,42 @@ class Segmenter:
         timings["check"] = time.perf_counter() - t
         gate = self._gate(image, run, warnings)
         groups = self._preprocessing_groups(run)
-        decisions: tuple[np.ndarray, np.ndarray] | None = None
+        # One group (the usual case): its label image on the input grid is the result as it is.
+        # Several groups: merged in NumPy by confidence. Either way no whole-volume copy is made
+        # beyond what the merge itself needs.
+        label_image: sitk.Image | None = None
+        first_confidence: sitk.Image | None = None
+        merged: tuple[np.ndarray, np.ndarray] | None = None
         conflicts, total_tiles = 0, 0
         heads: dict[str, sitk.Image] = {}
         tiles_run: dict[str, int] = {}
         for index, (prep, decs) in enumerate(groups):
-            decisions, overruled, tiles = self._run_group(
-                image, prep, decs, lookups, fast, overlap, decisions, report, timings, (index, len(groups)), heads,
+            group_labels, group_confidence, overruled, tiles = self._run_group(
+                image, prep, decs, lookups, fast, overlap, report, timings, (index, len(groups)), heads,
                 warnings, tiles_run, keep_heads=per_decoder, gate=gate,
             )
             conflicts += overruled
             total_tiles += tiles
-        merged = decisions[0] if decisions else np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
-        present_labels = set(np.flatnonzero(np.bincount(merged.ravel())).tolist()) - {0}
-        present = [a for a in requested if a.label in present_labels]
+            t = time.perf_counter()
+            if index == 0:
+                label_image, first_confidence = group_labels, group_confidence
+            else:
+                if merged is None:
+                    merged = (sitk.GetArrayFromImage(label_image), sitk.GetArrayFromImage(first_confidence))
+                    label_image = first_confidence = None
+                conflicts += merge_claims(merged[0], merged[1], sitk.GetArrayViewFromImage(group_labels),
+                                          sitk.GetArrayViewFromImage(group_confidence))
+            timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        label_image = sitk.GetImageFromArray(merged)
-        label_image.CopyInformation(image)
+        if merged is not None:
+            label_image = sitk.GetImageFromArray(merged[0])
+            label_image.CopyInformation(image)
+            del merged
+        elif label_image is None:  # nothing to run
+            label_image = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+            label_image.CopyInformation(image)
+        present_labels = labels_present(sitk.GetArrayViewFromImage(label_image))
+        present = [a for a in requested if a.label in present_labels]
         timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
         report("merge", 1.0, "Done")
         prep = groups[0][0] if groups else self.manifest.preprocessing
@@ -253,13 +272,12 @@ class Segmenter:
         return list(groups.values())
 
     def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
-                   fast: bool, overlap: float | None, merged: tuple[np.ndarray, np.ndarray] | None,
-                   report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
+                   fast: bool, overlap: float | None, report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
                    warnings: list[str], tiles_run: dict[str, int], keep_heads: bool = False,
-                   gate: Gate | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
-        """Prepare, run and merge one preprocessing group; returns the merged (labels, confidence)
-        on the input grid, the overruled-voxel count and the number of tiles. ``tiles_run`` counts
-        the tiles the encoder and each decoder actually ran on."""
+                   gate: Gate | None = None) -> tuple[sitk.Image, sitk.Image | None, int, int]:
+        """Prepare and run one preprocessing group; returns its labels and (when there are several
+        groups to merge) confidences on the input grid, the overruled-voxel count and the number of
+        tiles. ``tiles_run`` counts the tiles the encoder and each decoder actually ran on."""
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
         prepared = prepare(image, prep, fast=fast)
@@ -294,17 +312,9 @@ class Segmenter:
 
         t = time.perf_counter()
         report("merge", 0.0, "Mapping labels back to the input grid")
-        labels = sitk.GetArrayFromImage(labels_to_input_grid(merger.labels, prepared.grid, image))
-        conflicts = merger.conflicts
-        if merged is None:
-            confidence = (sitk.GetArrayFromImage(labels_to_input_grid(merger.confidence, prepared.grid, image))
-                          if group[1] > 1 else np.zeros((1,), np.uint8))
-            result = (labels, confidence)
-        else:
-            confidence = sitk.GetArrayFromImage(labels_to_input_grid(merger.confidence, prepared.grid, image))
-            conflicts += merge_claims(merged[0], merged[1], labels, confidence)
-            result = merged
+        labels = labels_to_input_grid(merger.labels, prepared.grid, image)
+        confidence = labels_to_input_grid(merger.confidence, prepared.grid, image) if group[1] > 1 else None
         for d, head in merger.heads.items():
             heads[d] = labels_to_input_grid(head, prepared.grid, image)
         timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
-        return result, conflicts, tiles
+        return labels, confidence, merger.conflicts, tiles
