@@ -52,10 +52,11 @@ def test_estimate_grows_with_image_size_and_decoders(official):
     more_heads = estimate_memory((512, 512, 200), (0.8, 0.8, 1.0), official, decoders)
     assert bigger_image.peak_bytes > small.peak_bytes
     assert more_heads.peak_bytes > small.peak_bytes
-    # One head's band is float32 (< 1 GiB); nine heads' would be ~8 GiB in float32, so they are float16.
-    per_class_voxel = small.breakdown["band_accumulators"] / (official.decoders[decoders[0]].config.num_classes * 4 + 4)
-    classes = sum(official.decoders[d].config.num_classes for d in decoders)
-    assert more_heads.breakdown["band_accumulators"] == pytest.approx(per_class_voxel * (classes * 2 + 4 * len(decoders)))
+    # Large bands are float16 (plus a float32 weight band per head): nine heads cost nine times one.
+    classes = [official.decoders[d].config.num_classes for d in decoders]
+    voxels = small.breakdown["band_accumulators"] / (classes[0] * 2 + 4)
+    assert more_heads.breakdown["band_accumulators"] == pytest.approx(voxels * (sum(classes) * 2 + 4 * len(decoders)))
+    assert voxels == 112 * 273 * 273  # patch depth × the 1.5 mm grid of 512 × 0.8 mm
     assert set(small.phases) == {"prepare", "network", "merge"}
     assert small.peak_bytes == max(small.phase_bytes(p) for p in small.phases)
 
