@@ -1,15 +1,21 @@
 """Bring a CT onto the network's grid: orient → crop to the body → resample → normalise.
 
 Every step keeps SimpleITK geometry, so the result can be mapped back to the input's exact grid.
+Resampling and normalisation run in SimpleITK on the CPU, or in torch on a GPU (the same grid and the
+same linear interpolation, so the two agree to float rounding); the volume then stays on the GPU for
+the sliding window.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from ..manifest import Normalization, Preprocessing
@@ -17,9 +23,10 @@ from ..manifest import Normalization, Preprocessing
 
 @dataclass
 class PreparedVolume:
-    """The normalised CT on the model grid (array z, y, x) and that grid's geometry."""
+    """The normalised CT on the model grid (array z, y, x; a torch tensor when prepared on a GPU)
+    and that grid's geometry."""
 
-    data: np.ndarray
+    data: np.ndarray | torch.Tensor
     grid: sitk.Image  # geometry only: size, spacing, origin, direction of ``data``
     crop_index_xyz: tuple[int, int, int]
     crop_size_xyz: tuple[int, int, int]
@@ -65,32 +72,71 @@ def body_bounding_box(image: sitk.Image, threshold_hu: float, margin_mm: float =
     return start, extent
 
 
+def spacing_grid(image: sitk.Image, spacing_xyz: Sequence[float]) -> sitk.Image:
+    """An empty (uint8) image: the grid of ``spacing_xyz`` with the same direction and physical extent
+    as ``image`` (edges aligned)."""
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.array(spacing_xyz, dtype=float)
+    new_size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing)).astype(int)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    grid = sitk.Image([int(v) for v in new_size], sitk.sitkUInt8)
+    grid.SetSpacing(new_spacing.tolist())
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin((np.array(image.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2.0)).tolist())
+    return grid
+
+
 def resample_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float], interpolator=sitk.sitkLinear,
                         default_value: float = 0.0, pixel_type: int | None = None) -> sitk.Image:
     """Resample onto a grid with the same direction and physical extent (edges aligned)."""
-    old_spacing = np.array(image.GetSpacing())
-    new_spacing = np.array(spacing_xyz, dtype=float)
-    size = np.array(image.GetSize())
-    new_size = np.maximum(1, np.round(size * old_spacing / new_spacing)).astype(int)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    shift = direction @ ((new_spacing - old_spacing) / 2.0)
-    origin = np.array(image.GetOrigin()) + shift
+    grid = spacing_grid(image, spacing_xyz)
     return sitk.Resample(
-        image, [int(v) for v in new_size], sitk.Transform(), interpolator, origin.tolist(), new_spacing.tolist(),
-        image.GetDirection(), default_value, image.GetPixelID() if pixel_type is None else pixel_type,
+        image, grid.GetSize(), sitk.Transform(), interpolator, grid.GetOrigin(), grid.GetSpacing(),
+        grid.GetDirection(), default_value, image.GetPixelID() if pixel_type is None else pixel_type,
     )
 
 
-def normalize_ct(data: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Clip to the model's HU window, then z-score with the model's statistics (in place, float32)."""
+def resample_on_device(image: sitk.Image, grid: sitk.Image, device: torch.device) -> torch.Tensor:
+    """Linear resampling of ``image`` onto ``grid`` (from :func:`spacing_grid`) with torch on ``device``.
+
+    Same voxel centres as SimpleITK: new voxel i sits at old continuous index (i + ½)·new/old − ½ on
+    each axis; beyond the outermost centres the border value is used, as ITK's linear interpolator does.
+    Returns float32 (z, y, x) on ``device``.
+    """
+    with warnings.catch_warnings():  # a read-only view of the image's buffer: only read, never written
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)))
+    src = src.to(device, non_blocking=True).float()[None, None]  # grid_sample writes a new tensor
+    coords = []
+    for axis_xyz in (2, 1, 0):  # grid_sample wants (x, y, z) last, built per array axis (z, y, x)
+        n_old, n_new = image.GetSize()[axis_xyz], grid.GetSize()[axis_xyz]
+        ratio = grid.GetSpacing()[axis_xyz] / image.GetSpacing()[axis_xyz]
+        index = (torch.arange(n_new, device=device, dtype=torch.float64) + 0.5) * ratio - 0.5
+        coords.append(((2.0 * index + 1.0) / n_old - 1.0).float())  # normalised, align_corners=False
+    zz, yy, xx = torch.meshgrid(*coords, indexing="ij")
+    sample = torch.stack([xx, yy, zz], dim=-1)[None]
+    del zz, yy, xx
+    return F.grid_sample(src, sample, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+
+
+def normalize_ct(data, norm: Normalization):
+    """Clip to the model's HU window, then z-score with the model's statistics (in place, float32
+    NumPy array or torch tensor)."""
+    if isinstance(data, torch.Tensor):
+        return data.clamp_(norm.clip_low, norm.clip_high).sub_(float(norm.mean)).div_(float(norm.std))
     np.clip(data, norm.clip_low, norm.clip_high, out=data)
     data -= np.float32(norm.mean)
     data /= np.float32(norm.std)
     return data
 
 
-def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_body: bool = True) -> PreparedVolume:
-    """Orient, crop to the body, resample to the model (or fast) spacing and normalise."""
+def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_body: bool = True,
+            device: torch.device | None = None) -> PreparedVolume:
+    """Orient, crop to the body, resample to the model (or fast) spacing and normalise.
+
+    With a ``device`` the resampling and normalisation run there in torch and ``data`` is a tensor on
+    that device (used for GPUs); otherwise SimpleITK on the CPU and a NumPy array.
+    """
     # Orient before finding the body box: the box then does not depend on how the input's axes
     # happen to be stored, so flipped or permuted copies of a scan give identical results.
     oriented = orient(image, prep.orientation)
@@ -100,12 +146,13 @@ def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_
         start, extent = [0, 0, 0], list(oriented.GetSize())
     cropped = sitk.RegionOfInterest(oriented, extent, start)
     spacing_zyx = prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx
-    resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0,
-                                    pixel_type=sitk.sitkFloat32)
-    data = sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
-    data = normalize_ct(data, prep.normalization)
-    grid = sitk.Image(resampled.GetSize(), sitk.sitkUInt8)
-    grid.CopyInformation(resampled)
+    grid = spacing_grid(cropped, spacing_zyx[::-1])
+    if device is not None:
+        data = normalize_ct(resample_on_device(cropped, grid, torch.device(device)), prep.normalization)
+    else:
+        resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0,
+                                        pixel_type=sitk.sitkFloat32)
+        data = normalize_ct(sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False), prep.normalization)
     return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
 
 

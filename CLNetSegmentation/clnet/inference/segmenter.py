@@ -280,7 +280,8 @@ class Segmenter:
         tiles. ``tiles_run`` counts the tiles the encoder and each decoder actually ran on."""
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
-        prepared = prepare(image, prep, fast=fast)
+        # On a GPU the resampling runs there too and the volume stays on it for the network.
+        prepared = prepare(image, prep, fast=fast, device=self.device if self.device.type == "cuda" else None)
         timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
 
         overlap = prep.overlap if overlap is None else float(overlap)

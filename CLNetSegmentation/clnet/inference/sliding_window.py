@@ -70,7 +70,7 @@ def autocast_context(device: torch.device):
 @torch.inference_mode()
 def sliding_window(
     network: CLNet,
-    volume: np.ndarray,
+    volume: np.ndarray | torch.Tensor,
     decoders: Sequence[str],
     patch_zyx: Sequence[int],
     overlap: float,
@@ -84,7 +84,8 @@ def sliding_window(
     skip_below: float | None = None,
     band_dtype: torch.dtype | None = None,
 ) -> dict[str, int]:
-    """Run ``network`` over ``volume`` (z, y, x, normalised) and stream per-slab decisions.
+    """Run ``network`` over ``volume`` (z, y, x, normalised; NumPy, or a tensor already on the
+    device) and stream per-slab decisions.
 
     ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
     [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel;
@@ -93,11 +94,12 @@ def sliding_window(
     (``{"encoder": n, <decoder>: n, ...}``).
     """
     patch = [int(p) for p in patch_zyx]
-    shape = volume.shape
+    shape = tuple(volume.shape)
     padded_shape = [max(s, p) for s, p in zip(shape, patch)]
-    pad = [(0, ps - s) for s, ps in zip(shape, padded_shape)]
-    vol = np.pad(volume, pad, constant_values=pad_value) if any(p[1] for p in pad) else volume
-    vol_t = torch.from_numpy(np.ascontiguousarray(vol))
+    vol_t = volume if isinstance(volume, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(volume))
+    if padded_shape != list(shape):
+        widths = [w for s, ps in zip(shape[::-1], padded_shape[::-1]) for w in (0, ps - s)]  # x first
+        vol_t = torch.nn.functional.pad(vol_t[None], widths, value=pad_value)[0]
 
     starts = [tile_starts(s, p, overlap) for s, p in zip(padded_shape, patch)]
     total = math.prod(len(s) for s in starts)
