@@ -159,9 +159,10 @@ def estimate_memory(
     preprocessing the oriented copy and the float32 cast of the body crop (assumed to be the whole
     image) plus the resampled volume; during the network the normalised model-grid volume, the
     z-band accumulators (classes × patch depth × Y × X per decoder in float32, or float16 when that
-    would be large, plus each decoder's weight band and the temporaries of a flush), the uint8 label and confidence volumes, activations
-    for a batch of tiles and the weights; at the end the label image on the input grid and its
-    ``np.unique`` copy. The peak is the largest of these phase totals.
+    would be large, plus each decoder's weight band and the temporaries of a flush), the uint8
+    label and confidence volumes, activations for a batch of tiles and the weights; at the end the
+    label image on the input grid and one copy of it (merging several preprocessing groups). The
+    peak is the largest of these phase totals.
     """
     prep = manifest.preprocessing
     unknown = [d for d in decoders if d not in manifest.decoders]
@@ -195,7 +196,7 @@ def estimate_memory(
         "network_activations": activation_bytes(manifest, decoders, patch, batch_size),
         "network_input_tiles": batch_size * math.prod(patch) * FLOAT_BYTES,
         "output_labels": n_in * label_bytes,
-        "output_unique_copy": n_in * label_bytes,
+        "output_merge_copy": n_in * label_bytes,
     }
     phases = {
         "prepare": ["runtime", "input_image", "input_oriented_copy", "input_float32_crop", "model_grid_volume",
@@ -203,7 +204,7 @@ def estimate_memory(
         "network": ["runtime", "input_image", "model_grid_volume", "band_accumulators", "band_flush_copy",
                     "label_and_confidence", "network_weights", "network_activations", "network_input_tiles"],
         "merge": ["runtime", "input_image", "label_and_confidence", "network_weights", "output_labels",
-                  "output_unique_copy"],
+                  "output_merge_copy"],
     }
     peak = max(sum(b[c] for c in names) for names in phases.values())
     return MemoryEstimate(peak_bytes=int(peak), breakdown={k: int(v) for k, v in b.items()}, phases=phases)
