@@ -110,16 +110,15 @@ def activation_bytes(manifest: Manifest, decoders: Sequence[str], patch_zyx: Seq
 
     Under ``torch.inference_mode`` intermediate maps are freed as soon as the next layer has used
     them, so what is alive at once is: every encoder skip (kept for the decoders), the working set
-    of the one layer being computed (conv output + norm output; LeakyReLU is in place), the logits of
-    every decoder already run (the network returns them all together) and the softmax temporaries
-    of the sliding window. Summing *all* feature maps would overestimate by about the number of
-    layers.
+    of the one layer being computed (conv output + norm output; LeakyReLU is in place), and the
+    logits and softmax temporaries of one decoder (the sliding window uses and drops each head's
+    output before the next head runs). Summing *all* feature maps would overestimate by about the
+    number of layers.
     """
     enc = manifest.encoder
     vox = _stage_shapes(enc, patch_zyx)
     skips = sum(f * v for f, v in zip(enc.features, vox))
     working = max(2 * f * v + enc.in_channels * vox[0] for f, v in zip(enc.features, vox))
-    logits = 0
     largest_head = 0
     n = enc.num_stages
     for name in decoders:
@@ -130,10 +129,9 @@ def activation_bytes(manifest: Manifest, decoders: Sequence[str], patch_zyx: Seq
             # upsampled map + concatenation with the skip + one conv's output and its norm's output
             level = (up + (up + enc.features[stage]) + 2 * max(convs, default=up)) * vox[stage]
             working = max(working, level)
-        logits += cfg.num_classes * vox[0]
         largest_head = max(largest_head, cfg.num_classes * vox[0])
-    softmax = 2 * largest_head  # float() copy + softmax × importance, one decoder at a time
-    floats = skips + working + logits + softmax
+    head = 3 * largest_head  # logits, their softmax, and the band-dtype copy of the scaled softmax
+    floats = skips + working + head
     return int(batch_size * floats * FLOAT_BYTES * ACTIVATION_OVERHEAD)
 
 

@@ -272,8 +272,9 @@ class Segmenter:
         return list(groups.values())
 
     def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
-                   fast: bool, overlap: float | None, report: Reporter, timings: dict[str, float], group: tuple[int, int], heads: dict[str, sitk.Image],
-                   warnings: list[str], tiles_run: dict[str, int], keep_heads: bool = False,
+                   fast: bool, overlap: float | None, report: Reporter, timings: dict[str, float],
+                   group: tuple[int, int], heads: dict[str, sitk.Image], warnings: list[str],
+                   tiles_run: dict[str, int], keep_heads: bool = False,
                    gate: Gate | None = None) -> tuple[sitk.Image, sitk.Image | None, int, int]:
         """Prepare and run one preprocessing group; returns its labels and (when there are several
         groups to merge) confidences on the input grid, the overruled-voxel count and the number of

@@ -166,19 +166,23 @@ def sliding_window(
                 batch_pos, tiles = [batch_pos[i] for i in kept], [tiles[i] for i in kept]
             if active and tiles:
                 batch = torch.stack(tiles)[:, None].to(device, non_blocking=True)
+                runs["encoder"] += len(tiles)
+                # One head at a time: only one decoder's logits and probabilities exist at once
+                # (nine heads' logits for a 112×96×128 tile are 1.2 GB in float32).
                 with autocast_context(device):
-                    out = network(batch, decoders=active)
-                for key in ["encoder", *active]:
-                    runs[key] += len(tiles)
-                for d in active:
-                    if d not in acc:
-                        acc[d] = torch.zeros((n_classes[d], band_depth, Y, X), device=device, dtype=band_dtype)
-                        weight[d] = torch.zeros((band_depth, Y, X), device=device)
-                    reach[d] = z0 + patch[0]
-                    probs = torch.softmax(out[d].float(), dim=1).mul_(importance).to(band_dtype)
-                    for i, (_, y, x) in enumerate(batch_pos):
-                        acc[d][:, :, y : y + patch[1], x : x + patch[2]] += probs[i]
-                        weight[d][:, y : y + patch[1], x : x + patch[2]] += importance
+                    for d, logits in network.heads(batch, decoders=active):
+                        runs[d] += len(tiles)
+                        if d not in acc:
+                            acc[d] = torch.zeros((n_classes[d], band_depth, Y, X), device=device, dtype=band_dtype)
+                            weight[d] = torch.zeros((band_depth, Y, X), device=device)
+                        reach[d] = z0 + patch[0]
+                        probs = torch.softmax(logits.float(), dim=1)
+                        del logits
+                        probs = probs.mul_(importance).to(band_dtype)
+                        for i, (_, y, x) in enumerate(batch_pos):
+                            acc[d][:, :, y : y + patch[1], x : x + patch[2]] += probs[i]
+                            weight[d][:, y : y + patch[1], x : x + patch[2]] += importance
+                        del probs
             done += n_in_batch
             if on_tile is not None:
                 on_tile(done, total)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,9 +30,17 @@ class CLNet(nn.Module):
     def forward(
         self, x: torch.Tensor, decoders: Sequence[str] | None = None, deep_supervision: bool = False
     ) -> dict[str, torch.Tensor]:
+        return dict(self.heads(x, decoders, deep_supervision))
+
+    def heads(
+        self, x: torch.Tensor, decoders: Sequence[str] | None = None, deep_supervision: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Run the encoder once, then yield (name, logits) one decoder at a time, so that a caller
+        can use and drop each head's output before the next one is computed."""
         names = list(self.decoders) if decoders is None else list(decoders)
         unknown = [n for n in names if n not in self.decoders]
         if unknown:
             raise KeyError(f"unknown decoder(s) {unknown}; this model has {list(self.decoders)}")
         skips = self.encoder(x)
-        return {n: self.decoders[n](skips, deep_supervision) for n in names}
+        for n in names:
+            yield n, self.decoders[n](skips, deep_supervision)
