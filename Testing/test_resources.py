@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from clnet.errors import ClnetError
+from clnet.inference.accumulator import accumulator_dtype
 from clnet.inference.resources import (
     GB,
     ResourceError,
@@ -15,6 +16,7 @@ from clnet.inference.resources import (
     network_parameters,
     oom_fallback,
 )
+from clnet.inference.tiling import TileGrid
 from clnet.manifest import Preprocessing
 from clnet.model.clnet import CLNet
 from clnet.model.factory import build_manifest, official_encoder, tiny_encoder
@@ -52,11 +54,18 @@ def test_estimate_grows_with_image_size_and_decoders(official):
     more_heads = estimate_memory((512, 512, 200), (0.8, 0.8, 1.0), official, decoders)
     assert bigger_image.peak_bytes > small.peak_bytes
     assert more_heads.peak_bytes > small.peak_bytes
-    # Large bands are float16 (plus a float32 weight band per head): nine heads cost nine times one.
+    # The open cells of the 1.5 mm grid (512 × 0.8 mm → 273 voxels) hold every head's classes, in
+    # uint8 once that is large, plus one float32 weight factor per head.
     classes = [official.decoders[d].config.num_classes for d in decoders]
-    voxels = small.breakdown["band_accumulators"] / (classes[0] * 2 + 4)
-    assert more_heads.breakdown["band_accumulators"] == pytest.approx(voxels * (sum(classes) * 2 + 4 * len(decoders)))
-    assert voxels == 112 * 273 * 273  # patch depth × the 1.5 mm grid of 512 × 0.8 mm
+    voxels = TileGrid((133, 273, 273), (112, 96, 128), official.preprocessing.overlap).most_open_voxels()
+    assert voxels < 112 * 273 * 273  # less than a whole row of tiles
+
+    def store(cs: list[int]) -> int:
+        return (sum(cs) * accumulator_dtype(sum(cs) * voxels).itemsize + 4 * len(cs)) * voxels
+
+    assert accumulator_dtype(sum(classes) * voxels) == torch.uint8
+    assert small.breakdown["open_cell_store"] == store(classes[:1])
+    assert more_heads.breakdown["open_cell_store"] == store(classes)
     assert set(small.phases) == {"prepare", "network", "merge"}
     assert small.peak_bytes == max(small.phase_bytes(p) for p in small.phases)
 
@@ -68,10 +77,10 @@ def test_estimate_is_roughly_linear_in_z_for_long_scans(official):
     slope1 = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
     slope2 = (peaks[2] - peaks[1]) / (sizes[2] - sizes[1])
     assert slope1 > 0 and slope2 == pytest.approx(slope1, rel=0.05)
-    # The z-band, not the whole volume, holds the class scores: that part does not grow with z.
-    bands = {estimate_memory((512, 512, z), (0.8, 0.8, 0.8), official, decoders).breakdown["band_accumulators"]
+    # The open cells, not the whole volume, hold the class scores: that part does not grow with z.
+    stores = {estimate_memory((512, 512, z), (0.8, 0.8, 0.8), official, decoders).breakdown["open_cell_store"]
              for z in sizes}
-    assert len(bands) == 1
+    assert max(stores) < 1.02 * min(stores)  # tile spacing differs a little with the length
 
 
 def test_fast_mode_and_batch_size(official):
@@ -79,7 +88,7 @@ def test_fast_mode_and_batch_size(official):
     try:
         args = ((512, 512, 600), (0.8, 0.8, 1.0), official, list(official.decoders))
         normal, fast = estimate_memory(*args), estimate_memory(*args, fast=True)
-        assert fast.breakdown["band_accumulators"] < normal.breakdown["band_accumulators"] / 3
+        assert fast.breakdown["open_cell_store"] < normal.breakdown["open_cell_store"] / 3
         batch4 = estimate_memory(*args, batch_size=4)
         assert batch4.breakdown["network_activations"] == 4 * normal.breakdown["network_activations"]
     finally:
@@ -95,8 +104,8 @@ def test_activation_estimate_scale(official):
 def test_long_high_res_scan_with_official_model(official):
     """512x512x2000 at 0.5 mm, 9 heads of 25 classes, patch (112, 96, 128), 1.5 mm model grid.
 
-    The estimate is ~7 GB (input copies ~6 GB during preprocessing; during the network the float16
-    z-band ~1.5 GB, activations ~2 GB and the input): refused on an 8 GB machine, a warning on 12 GB,
+    The estimate is ~7 GB (input copies ~6 GB during preprocessing; during the network the uint8
+    open cells, activations ~2 GB and the input): refused on an 8 GB machine, a warning on 12 GB,
     fine on 64 GB.
     """
     est = estimate_memory((512, 512, 2000), (0.5, 0.5, 0.5), official, list(official.decoders))

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .sliding_window import SlabResult
+from .accumulator import BlockResult
 
 
 def decoder_lookup(channel_anatomies: Sequence[str], labels_by_name: Mapping[str, int],
@@ -29,7 +29,7 @@ def decoder_lookup(channel_anatomies: Sequence[str], labels_by_name: Mapping[str
 
 
 class LabelMerger:
-    """Accumulates slabs into a (z, y, x) catalog label map plus the winning confidence."""
+    """Collects decided blocks into a (z, y, x) catalog label map plus the winning confidence."""
 
     def __init__(self, shape_zyx: Sequence[int], lookups: Mapping[str, np.ndarray], order: Sequence[str],
                  dtype=np.uint8, keep_heads: bool = False) -> None:
@@ -41,17 +41,17 @@ class LabelMerger:
         # Head-local label maps (all of a head's classes), for official-style per-decoder output.
         self.heads = {d: np.zeros(tuple(shape_zyx), np.uint8) for d in self.order} if keep_heads else {}
 
-    def add(self, slab: SlabResult) -> None:
-        out = self.labels[slab.z0 : slab.z1]
-        best = self.confidence[slab.z0 : slab.z1]
+    def add(self, block: BlockResult) -> None:
+        out = self.labels[block.box]
+        best = self.confidence[block.box]
         claimed = np.zeros(out.shape, dtype=bool)
         for d in self.order:
-            if d not in slab.labels:
+            if d not in block.labels:
                 continue
             if self.heads:
-                self.heads[d][slab.z0 : slab.z1] = slab.labels[d]
-            glob = self.lookups[d][slab.labels[d]]
-            conf = slab.confidence[d]
+                self.heads[d][block.box] = block.labels[d]
+            glob = self.lookups[d][block.labels[d]]
+            conf = block.confidence[d]
             claim = glob > 0
             wins = claim & (~claimed | (conf > best))
             self.conflicts += int(np.count_nonzero(wins & claimed & (out != glob)))

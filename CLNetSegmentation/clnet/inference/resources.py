@@ -2,7 +2,7 @@
 
 The estimate is deliberately simple arithmetic over the sizes the pipeline allocates (see
 :func:`estimate_memory`), so it can run before anything heavy is loaded and be explained to a user.
-It models the CPU/RAM case; on a GPU the ``network_*`` and ``band_*`` entries of the breakdown live
+It models the CPU/RAM case; on a GPU the ``network_*`` and ``open_cell_*`` entries of the breakdown live
 in GPU memory instead, so a caller checking a GPU can sum those entries separately.
 """
 
@@ -21,7 +21,8 @@ import torch
 from ..errors import ClnetError
 from ..manifest import Manifest
 from ..model.config import EncoderConfig
-from .sliding_window import accumulator_dtype
+from .accumulator import accumulator_dtype
+from .tiling import TileGrid
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ class MemoryEstimate:
         return sum(self.breakdown[c] for c in self.phases[phase])
 
     def top_parts(self, n: int = 3) -> str:
-        """The ``n`` largest components, e.g. 'band_accumulators 3.0 GB, input_image 2.0 GB'."""
+        """The ``n`` largest components, e.g. 'open_cell_store 3.0 GB, input_image 2.0 GB'."""
         top = sorted(self.breakdown.items(), key=lambda kv: -kv[1])[:n]
         return ", ".join(f"{name} {_gb(size)}" for name, size in top)
 
@@ -130,7 +131,7 @@ def activation_bytes(manifest: Manifest, decoders: Sequence[str], patch_zyx: Seq
             level = (up + (up + enc.features[stage]) + 2 * max(convs, default=up)) * vox[stage]
             working = max(working, level)
         largest_head = max(largest_head, cfg.num_classes * vox[0])
-    head = 3 * largest_head  # logits, their softmax, and the band-dtype copy of the scaled softmax
+    head = 3 * largest_head  # logits, their softmax, and one tile's weighted share of it
     floats = skips + working + head
     return int(batch_size * floats * FLOAT_BYTES * ACTIVATION_OVERHEAD)
 
@@ -156,8 +157,9 @@ def estimate_memory(
     Components follow the pipeline (``Segmenter.segment``): the input kept as float32; during
     preprocessing the oriented copy and the float32 cast of the body crop (assumed to be the whole
     image) plus the resampled volume; during the network the normalised model-grid volume, the
-    z-band accumulators (classes × patch depth × Y × X per decoder in float32, or float16 when that
-    would be large, plus each decoder's weight band and the temporaries of a flush), the uint8
+    class probabilities of the cells open at once (classes × open voxels per decoder, in float32 or,
+    when that would be large, uint8, plus each open cell's weight factor and the temporaries of
+    deciding a cell), the uint8
     label and confidence volumes, activations for a batch of tiles and the weights; at the end the
     label image on the input grid and one copy of it (merging several preprocessing groups). The
     peak is the largest of these phase totals.
@@ -173,10 +175,10 @@ def estimate_memory(
     gz, gy, gx = model_grid_shape(image_size_xyz, image_spacing_xyz, spacing)
     padded = [max(g, p) for g, p in zip((gz, gy, gx), patch)]
     n_model = math.prod(padded)
-    band_voxels = patch[0] * padded[1] * padded[2]
+    open_voxels = TileGrid(tuple(padded), tuple(patch), prep.overlap).most_open_voxels()  # type: ignore[arg-type]
     classes = [manifest.decoders[d].config.num_classes for d in decoders]
     label_bytes = 1 if len(manifest.anatomy_owner()) < 256 else 2
-    band_bytes = accumulator_dtype("cpu", sum(classes) * band_voxels).itemsize
+    store_bytes = accumulator_dtype(sum(classes) * open_voxels).itemsize
 
     b = {
         "runtime": RUNTIME_BYTES,
@@ -186,9 +188,10 @@ def estimate_memory(
         "model_grid_volume": n_model * FLOAT_BYTES,
         # GetArrayFromImage copies the resampled image before the sitk image is dropped
         "model_grid_resample_copy": n_model * FLOAT_BYTES,
-        # every decoder's band (the worst case: body-part gating usually leaves some out)
-        "band_accumulators": sum(classes) * band_voxels * band_bytes + len(classes) * band_voxels * FLOAT_BYTES,
-        "band_flush_copy": (max(classes, default=0) * band_bytes + 2 * FLOAT_BYTES) * band_voxels,
+        # every decoder's open cells (the worst case: body-part gating usually leaves some out)
+        "open_cell_store": (sum(classes) * store_bytes + len(classes) * FLOAT_BYTES) * open_voxels,
+        # deciding a cell: its max and argmax (int64) over classes; a cell is at most one tile
+        "cell_decide_copy": (store_bytes + 8 + 2 * FLOAT_BYTES) * math.prod(patch),
         "label_and_confidence": 2 * n_model,
         "network_weights": network_parameters(manifest, decoders) * FLOAT_BYTES,
         "network_activations": activation_bytes(manifest, decoders, patch, batch_size),
@@ -199,7 +202,7 @@ def estimate_memory(
     phases = {
         "prepare": ["runtime", "input_image", "input_oriented_copy", "input_float32_crop", "model_grid_volume",
                     "model_grid_resample_copy", "network_weights"],
-        "network": ["runtime", "input_image", "model_grid_volume", "band_accumulators", "band_flush_copy",
+        "network": ["runtime", "input_image", "model_grid_volume", "open_cell_store", "cell_decide_copy",
                     "label_and_confidence", "network_weights", "network_activations", "network_input_tiles"],
         "merge": ["runtime", "input_image", "label_and_confidence", "network_weights", "output_labels",
                   "output_merge_copy"],

@@ -27,7 +27,8 @@ from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
 from .preprocessing import labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
 from .resources import check_memory, estimate_memory, oom_fallback
-from .sliding_window import count_tiles, sliding_window
+from .sliding_window import sliding_window
+from .tiling import count_tiles
 
 
 @dataclass

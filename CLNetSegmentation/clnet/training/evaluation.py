@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..inference.sliding_window import SlabResult, sliding_window
+from ..inference.accumulator import BlockResult
+from ..inference.sliding_window import sliding_window
 from ..model import CLNet
 from .datasets import PreparedCase
 
@@ -17,11 +18,11 @@ def predict_labels(network: CLNet, decoder: str, case: PreparedCase, patch: Sequ
     """Head-local argmax (0 = background) over a whole prepared scan."""
     out = np.zeros(case.image.shape, dtype=np.uint8)
 
-    def on_slab(s: SlabResult) -> None:
-        out[s.z0:s.z1] = s.labels[decoder]
+    def on_block(b: BlockResult) -> None:
+        out[b.box] = b.labels[decoder]
 
     network.eval()
-    sliding_window(network, case.image, [decoder], patch, overlap, on_slab, device, pad_value=pad_value)
+    sliding_window(network, case.image, [decoder], patch, overlap, on_block, device, pad_value=pad_value)
     return out
 
 

@@ -1,0 +1,120 @@
+"""Gaussian-weighted accumulation of the tiles' class probabilities, one open cell at a time.
+
+Each tile's softmax is weighted by the Gaussian importance map and divided by the total weight the
+voxel will have received once every tile covering it has run (known in advance from the tile plan:
+which tiles run, and which decoders on each). What accumulates is therefore already the final
+weighted-mean probability, so it can be stored in any precision, including uint8, without a weight
+volume beside it. For 222 classes a uint8 store is a quarter of float32; each tile's share is
+rounded, and the scale leaves room for the rounding so that sums never overflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .tiling import Cell, TileGrid
+
+# Stored values above this many bytes in float32 are stored in uint8 instead (a quarter of the
+# memory); smaller stores stay float32, exact up to float rounding.
+QUANTISE_ABOVE_BYTES = 256 << 20
+
+
+def accumulator_dtype(values: int) -> torch.dtype:
+    """The store's dtype for ``values`` open values (classes × open voxels, all decoders)."""
+    return torch.uint8 if values * 4 > QUANTISE_ABOVE_BYTES else torch.float32
+
+
+@dataclass
+class BlockResult:
+    """Decisions for one box of the model grid, per decoder that ran there."""
+
+    box: tuple[slice, slice, slice]  # z, y, x
+    labels: dict[str, np.ndarray]  # head-local argmax, uint8
+    confidence: dict[str, np.ndarray]  # winning probability × 255, uint8
+
+
+class CellAccumulator:
+    """Weighted-mean class probabilities for the open cells of ``grid``, per decoder.
+
+    ``plan[t]`` names the decoders that will run on tile ``t`` (empty: the tile is skipped). Call
+    :meth:`add` with each tile's softmax, then :meth:`finished` after the tile to collect the cells
+    nothing will be added to any more; their memory is released as they are handed out.
+    """
+
+    def __init__(self, grid: TileGrid, plan: Sequence[frozenset[str]], n_classes: Mapping[str, int],
+                 importance: torch.Tensor, dtype: torch.dtype, real_shape: Sequence[int]) -> None:
+        self.grid = grid
+        self.plan = plan
+        self.decoders = list(n_classes)
+        self.importance = importance
+        self.dtype = dtype
+        self.real_shape = tuple(int(s) for s in real_shape)
+        self.quantised = not dtype.is_floating_point
+        self._values: dict[tuple[int, str], torch.Tensor] = {}
+        self._factors: dict[tuple[int, str], tuple[torch.Tensor, float]] = {}  # 1/total weight, and scale
+        self._next = 0  # grid.cells[self._next] is the next cell to finish
+        self.open_values = 0
+        self.peak_open_values = 0
+
+    def _factor(self, index: int, decoder: str) -> tuple[torch.Tensor, float]:
+        """(scale / total weight) over the cell for this decoder, and the scale (255 or less for uint8)."""
+        key = (index, decoder)
+        if key not in self._factors:
+            cell = self.grid.cells[index]
+            tiles = [t for t in cell.tiles if decoder in self.plan[t]]
+            total = sum(self.importance[cell.within(self.grid.tiles[t])] for t in tiles)
+            # Each rounded share is at most 0.5 too big: with n shares a scale of 255 - n/2 keeps the
+            # sum within a uint8.
+            scale = 255.0 - (len(tiles) + 1) // 2 if self.quantised else 1.0
+            self._factors[key] = (scale / total, scale)
+        return self._factors[key]
+
+    def add(self, tile: int, decoder: str, probs: torch.Tensor) -> None:
+        """Add one tile's softmax (classes, *patch) for ``decoder``."""
+        origin = self.grid.tiles[tile]
+        for index in self.grid.cells_of_tile[tile]:
+            cell = self.grid.cells[index]
+            local = cell.within(origin)
+            factor, _ = self._factor(index, decoder)
+            share = probs[(slice(None), *local)] * (self.importance[local] * factor)
+            key = (index, decoder)
+            store = self._values.get(key)
+            if store is None:
+                store = self._values[key] = torch.zeros(share.shape, dtype=self.dtype, device=share.device)
+                self.open_values += cell.voxels * share.shape[0]
+                self.peak_open_values = max(self.peak_open_values, self.open_values)
+            store += share.round_().to(self.dtype) if self.quantised else share.to(self.dtype)
+
+    def finished(self, upto_tile: int) -> Iterator[BlockResult]:
+        """The cells whose last covering tile is ``upto_tile`` or earlier, each decided once."""
+        cells = self.grid.cells
+        while self._next < len(cells) and cells[self._next].last_tile <= upto_tile:
+            index, cell = self._next, cells[self._next]
+            self._next += 1
+            block = self._decide(index, cell)
+            if block is not None:
+                yield block
+
+    def _decide(self, index: int, cell: Cell) -> BlockResult | None:
+        keep = [min(b, s) - a for a, b, s in zip(cell.start, cell.stop, self.real_shape)]
+        labels, confidence = {}, {}
+        for d in self.decoders:
+            store = self._values.pop((index, d), None)
+            factor = self._factors.pop((index, d), None)
+            if store is None:
+                continue
+            self.open_values -= cell.voxels * store.shape[0]
+            if min(keep) <= 0:  # padding only
+                continue
+            best, arg = store[:, : keep[0], : keep[1], : keep[2]].max(dim=0)
+            labels[d] = arg.to(torch.uint8).cpu().numpy()
+            scale = factor[1] if factor else 1.0
+            confidence[d] = (best.float() * (255.0 / scale)).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        if not labels:
+            return None
+        box = tuple(slice(a, a + k) for a, k in zip(cell.start, keep))
+        return BlockResult(box, labels, confidence)  # type: ignore[arg-type]
