@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 from clnet.inference.accumulator import CellAccumulator
+from clnet.inference.sliding_window import softmax_
 from clnet.inference.tiling import TileGrid
+
+
+def test_softmax_in_place_matches_torch():
+    x = torch.randn(2, 7, 5, 6, 3) * 20  # large logits: the max is subtracted first
+    want = torch.softmax(x, dim=1)
+    got = softmax_(x, dim=1)
+    assert got.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("shape,patch,overlap", [
@@ -69,7 +78,7 @@ def test_cells_decide_like_the_dense_weighted_mean(dtype):
     covered = {d: np.zeros(real, int) for d in classes}
     for t in range(len(grid.tiles)):
         for d in sorted(plan[t]):
-            store.add(t, d, probs[d][t])
+            store.add(t, d, probs[d][t].clone())  # add() scales its input in place
         for block in store.finished(t):
             for d in block.labels:
                 labels[d][block.box] = block.labels[d]

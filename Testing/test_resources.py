@@ -105,7 +105,7 @@ def test_long_high_res_scan_with_official_model(official):
     """512x512x2000 at 0.5 mm, 9 heads of 25 classes, patch (112, 96, 128), 1.5 mm model grid.
 
     The estimate is ~7 GB (input copies ~6 GB during preprocessing; during the network the uint8
-    open cells, activations ~2 GB and the input): refused on an 8 GB machine, a warning on 12 GB,
+    open cells ~0.6 GB, activations ~2 GB and the input): refused on an 8 GB machine, a warning on 12 GB,
     fine on 64 GB.
     """
     est = estimate_memory((512, 512, 2000), (0.5, 0.5, 0.5), official, list(official.decoders))

@@ -157,13 +157,14 @@ class ClnetEngine:
         self.load_seconds = time.perf_counter() - t
         self.timer = ResampleBackTimer()
 
-    def run(self, path: Path, scenario: Scenario, fast: bool, overlap: float | None, write_to: Path | None = None):
+    def run(self, path: Path, scenario: Scenario, fast: bool, overlap: float | None, write_to: Path | None = None,
+            progress=None):
         from clnet.outputs import save_result
 
         self.timer.seconds = 0.0
         t = time.perf_counter()
         result = self.segmenter.segment(str(path), anatomies=scenario.anatomies, regions=scenario.regions, fast=fast,
-                                        overlap=overlap)
+                                        overlap=overlap, progress=progress)
         total = time.perf_counter() - t
         stages = dict(result.timings)
         stages["resample_back"] = self.timer.seconds
@@ -211,6 +212,32 @@ class NnunetEngine:
 # memory against scan length (one fresh subprocess per configuration)
 
 
+# The Segmenter's progress texts, by stage (their first word).
+_STAGE_OF_TEXT = {"Reading": "read", "Checking": "check", "Resampling": "prepare", "Running": "network",
+                  "Network:": "network", "Mapping": "merge", "Done": "merge"}
+
+
+class StagePeaks:
+    """The process's peak RSS (VmHWM) at the end of each Segmenter stage: the stage in which the value
+    last rises is the one that sets the peak."""
+
+    def __init__(self) -> None:
+        self.stage = "load"
+        self.hwm_mib: dict[str, float] = {}
+
+    def __call__(self, text: str, fraction: float) -> None:
+        stage = _STAGE_OF_TEXT.get(text.split(" ", 1)[0], self.stage)
+        if stage != self.stage:
+            self.hwm_mib[self.stage] = round(peak_rss_mib(), 1)
+            self.stage = stage
+
+    def finish(self) -> dict:
+        self.hwm_mib[self.stage] = round(peak_rss_mib(), 1)
+        final = max(self.hwm_mib.values())
+        setter = next(s for s, v in self.hwm_mib.items() if v >= final - 0.5)
+        return {"hwm_by_stage_mib": dict(self.hwm_mib), "peak_set_in": setter}
+
+
 def child_main(spec: dict) -> None:
     """Run one configuration once and print its peaks (called in a fresh interpreter)."""
     if spec.get("threads"):
@@ -228,8 +255,9 @@ def child_main(spec: dict) -> None:
         baseline = current_rss_mib()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        total, stages, result = engine.run(path, Scenario("full", "full"), fast, spec["overlap"])
-        out.update(tiles=result.settings["tiles"], decoders=result.settings["decoders_run"])
+        peaks = StagePeaks()
+        total, stages, result = engine.run(path, Scenario("full", "full"), fast, spec["overlap"], progress=peaks)
+        out.update(tiles=result.settings["tiles"], decoders=result.settings["decoders_run"], **peaks.finish())
     else:
         from _nnunet_baseline import configure_environment
 
@@ -607,11 +635,11 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                 vram = res.get("peak_vram_allocated_mib", "–")
                 rows.append([f"{n:g}×", "×".join(map(str, info["size_xyz"])), eng, res.get("tiles", "–"),
                              res.get("peak_rss_mib", "–"), res.get("rss_after_load_mib", "–"), vram,
-                             res.get("wall_s", "–"), res["status"]])
+                             res.get("peak_set_in", "–"), res.get("wall_s", "–"), res["status"]])
                 say(f"- memory {n:g}× {eng}: {res['status']}")
         say()
         say(md_table(["scan", "input voxels (x×y×z)", "engine", "tiles", "peak RSS MiB", "RSS after load MiB",
-                      "peak VRAM MiB", "wall s", "status"], rows))
+                      "peak VRAM MiB", "peak set in", "wall s", "status"], rows))
     say()
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta["benchmark_wall_s"] = round(time.perf_counter() - started, 1)

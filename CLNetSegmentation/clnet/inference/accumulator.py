@@ -74,13 +74,14 @@ class CellAccumulator:
         return self._factors[key]
 
     def add(self, tile: int, decoder: str, probs: torch.Tensor) -> None:
-        """Add one tile's softmax (classes, *patch) for ``decoder``."""
+        """Add one tile's softmax (classes, *patch, float32) for ``decoder``. ``probs`` is used up: it is
+        scaled in place (the tile's cells do not overlap), which saves a copy as large as the head's output."""
         origin = self.grid.tiles[tile]
         for index in self.grid.cells_of_tile[tile]:
             cell = self.grid.cells[index]
             local = cell.within(origin)
             factor, _ = self._factor(index, decoder)
-            share = probs[(slice(None), *local)] * (self.importance[local] * factor)
+            share = probs[(slice(None), *local)].mul_(self.importance[local] * factor)
             key = (index, decoder)
             store = self._values.get(key)
             if store is None:

@@ -91,7 +91,7 @@ def sliding_window(
                 with autocast_context(device):
                     for d, logits in network.heads(x, decoders=active):
                         runs[d] += len(batch)
-                        probs = torch.softmax(logits.float(), dim=1)
+                        probs = softmax_(logits.float(), dim=1)  # a copy only under autocast
                         del logits
                         for i, t in enumerate(batch):
                             store.add(t, d, probs[i])
@@ -102,6 +102,12 @@ def sliding_window(
             if on_tile is not None:
                 on_tile(last + 1, total)
     return runs
+
+
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax in place: for a 64-class head on a 112×96×128 tile that saves 350 MB against a new tensor."""
+    x.sub_(x.amax(dim, keepdim=True)).exp_()
+    return x.div_(x.sum(dim, keepdim=True))
 
 
 def _plan(grid: TileGrid, volume: torch.Tensor, decoders: Sequence[str], depth: int,
