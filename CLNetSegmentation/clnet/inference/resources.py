@@ -131,7 +131,9 @@ def activation_bytes(manifest: Manifest, decoders: Sequence[str], patch_zyx: Seq
             level = (up + (up + enc.features[stage]) + 2 * max(convs, default=up)) * vox[stage]
             working = max(working, level)
         largest_head = max(largest_head, cfg.num_classes * vox[0])
-    head = 3 * largest_head  # logits, their softmax, and one tile's weighted share of it
+    # The logits (plus their float32 copy under autocast; the softmax is then taken in place) and
+    # the rounded share of one cell.
+    head = 2 * largest_head
     floats = skips + working + head
     return int(batch_size * floats * FLOAT_BYTES * ACTIVATION_OVERHEAD)
 
