@@ -102,6 +102,8 @@ def official_random_manifest(quick: bool, width_scale: float = 1.0):
         OFFICIAL_SIGMA_SCALE,
         OFFICIAL_STEP_SIZE,
         OFFICIAL_WINDOWS,
+        head_anatomies,
+        head_class_windows,
         official_label_table,
     )
 
@@ -128,6 +130,10 @@ def official_random_manifest(quick: bool, width_scale: float = 1.0):
                               description=f"Random weights in the official CL-Net layout, {what} (benchmark only).")
     for head, entry in manifest.decoders.items():
         entry.bodypart_range = OFFICIAL_WINDOWS.get(head)
+        # The released per-class statistics give each anatomy its own window (subsets gate by them).
+        names = head_anatomies(head)
+        windows, _ = head_class_windows(head, names, list(range(1, len(names) + 1)))
+        entry.anatomy_bodypart_ranges = {catalog.by_name(n).name: w for n, w in windows.items()}
     return manifest
 
 

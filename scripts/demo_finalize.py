@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from clnet.bodypart import anatomy_ranges, decoder_range, load_default
+from clnet.bodypart import anatomy_ranges, anatomy_windows, decoder_range, load_default
 from clnet.catalog import load_catalog
 from clnet.checkpoint import load_model, save_model
 
 
-def bodypart_windows(ct: Path, seg: Path, labels_json: Path, manifest) -> dict[str, tuple[float, float] | None]:
-    """Each decoder's body-part score window, from where its anatomies occur in the training scan."""
+def apply_bodypart_windows(ct: Path, seg: Path, labels_json: Path, manifest) -> None:
+    """Set each decoder's body-part window and its anatomies' own windows (for subsets) from where
+    the anatomies occur in the training scan."""
     catalog = load_catalog()
     scores = load_default().score_slices(sitk.ReadImage(str(ct)))  # one score per LPS slice
     labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(seg)), "LPS"))
@@ -31,11 +32,12 @@ def bodypart_windows(ct: Path, seg: Path, labels_json: Path, manifest) -> dict[s
         if a is not None:
             values[a.name] = int(value)
     ranges = anatomy_ranges(scores, labels, values)
-    windows = {}
-    for d, entry in manifest.decoders.items():
+    own = anatomy_windows(ranges)
+    for entry in manifest.decoders.values():
         w = decoder_range(ranges, entry.anatomies)
-        windows[d] = (round(w[0], 2), round(w[1], 2)) if w else None
-    return windows
+        entry.bodypart_range = (round(w[0], 2), round(w[1], 2)) if w else None
+        entry.anatomy_bodypart_ranges = {a: (round(own[a][0], 2), round(own[a][1], 2))
+                                         for a in entry.anatomies if a in own}
 
 
 def catalog_reference(seg: Path, labels_json: Path, out: Path) -> Path:
@@ -78,10 +80,8 @@ def main() -> int:
     m = loaded.manifest
     catalog = load_catalog()
     # Body-part windows first, so the Dice below is measured with gating on, as users run it.
-    windows = bodypart_windows(a.data / "example_ct.nii.gz", a.data / "example_seg_fast_force_split.nii.gz",
-                               a.data / "labels.json", m)
-    for d, w in windows.items():
-        m.decoders[d].bodypart_range = w
+    apply_bodypart_windows(a.data / "example_ct.nii.gz", a.data / "example_seg_fast_force_split.nii.gz",
+                           a.data / "labels.json", m)
     save_model(loaded.network, m, a.out, overwrite=True, copy_from=a.model)
     outputs = {catalog.by_name(n).name for n in m.anatomy_owner()}
     views = {
@@ -123,7 +123,8 @@ def main() -> int:
         "validation": "none held out: Dice is measured on the training scan (and a crop of it)",
         "pipeline": "scripts/train_demo.sh (train → add-decoder ×2 → prune → finalise)",
         "bodypart_ranges": "from the bundled body-part model's scores of the training scan's labelled slices "
-                           "(clnet.bodypart.anatomy_ranges + decoder_range, margin 0.25 × extent)",
+                           "(clnet.bodypart.anatomy_ranges + decoder_range, margin 0.25 × extent; each anatomy's "
+                           "own window: anatomy_windows, margin 0.25 × its extent, at least 5 units)",
         "total_training_seconds": round(a.seconds, 1),
     })
     save_model(loaded.network, m, a.out, overwrite=True, copy_from=a.model)

@@ -7,6 +7,7 @@ decoder. Adding a decoder = adding a file and an entry under ``decoders``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,28 @@ class DecoderEntry:
     sha256: str = ""
     bodypart_range: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: Each anatomy's own body-part window (optional): a decoder run for only some of its anatomies
+    #: is gated by the union of theirs instead of its own, so a subset runs on fewer slices.
+    anatomy_bodypart_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def window_for(self, requested: Iterable[str]) -> tuple[float, float] | None:
+        """The body-part window to gate this decoder by when ``requested`` of its anatomies are wanted.
+
+        All of them wanted (or a wanted one without a window of its own): the decoder's own window,
+        as the official pipeline gates a head. Some of them: the union of their windows, kept inside
+        the decoder's own.
+        """
+        requested = set(requested)
+        wanted = [a for a in self.anatomies if a in requested]
+        ranges = [self.anatomy_bodypart_ranges.get(a) for a in wanted]
+        if not wanted or len(set(wanted)) == len(set(self.anatomies)) or any(r is None for r in ranges):
+            return self.bodypart_range
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        if self.bodypart_range is not None:
+            lo, hi = max(lo, self.bodypart_range[0]), min(hi, self.bodypart_range[1])
+            if lo > hi:  # inconsistent statistics: fall back to the decoder's own window
+                return self.bodypart_range
+        return (float(lo), float(hi))
 
     def to_dict(self) -> dict:
         return {
@@ -104,12 +127,18 @@ class DecoderEntry:
             "file": self.file,
             "sha256": self.sha256,
             "bodypart_range": list(self.bodypart_range) if self.bodypart_range else None,
+            **({"anatomy_bodypart_ranges": {a: [float(r[0]), float(r[1])] for a, r in self.anatomy_bodypart_ranges.items()}}
+               if self.anatomy_bodypart_ranges else {}),
             "info": self.info,
         }
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> DecoderEntry:
         rng = d.get("bodypart_range")
+        stray = sorted(set(d.get("anatomy_bodypart_ranges") or {}) - set(d["anatomies"]))
+        if stray:
+            raise ModelError(f"manifest.json gives body-part windows for {stray[:3]}, which decoder {name} "
+                             "does not output.", "Re-create or re-install the model.")
         return cls(
             name=name,
             anatomies=list(d["anatomies"]),
@@ -118,6 +147,8 @@ class DecoderEntry:
             sha256=d.get("sha256", ""),
             bodypart_range=(float(rng[0]), float(rng[1])) if rng else None,
             info=dict(d.get("info", {})),
+            anatomy_bodypart_ranges={str(a): (float(r[0]), float(r[1]))
+                                     for a, r in (d.get("anatomy_bodypart_ranges") or {}).items()},
         )
 
 

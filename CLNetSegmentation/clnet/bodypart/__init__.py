@@ -18,7 +18,15 @@ from .model import (
     clean_scores,
     score_world_z,
 )
-from .ranges import DEFAULT_MARGIN, anatomy_ranges, decoder_range, slices_in_window
+from .ranges import (
+    DEFAULT_MARGIN,
+    MIN_ANATOMY_MARGIN,
+    anatomy_ranges,
+    anatomy_window,
+    anatomy_windows,
+    decoder_range,
+    slices_in_window,
+)
 from .train import landmarks_from_labels, train_bodypart
 
 #: The demo model shipped with the package (trained on one abdomen/pelvis CT; see its metadata).
@@ -38,7 +46,10 @@ __all__ = [
     "BodyPartConfig",
     "BodyPartModel",
     "SliceScores",
+    "MIN_ANATOMY_MARGIN",
     "anatomy_ranges",
+    "anatomy_window",
+    "anatomy_windows",
     "clean_scores",
     "decoder_range",
     "landmarks_from_labels",

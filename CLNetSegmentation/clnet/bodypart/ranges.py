@@ -8,6 +8,9 @@ import numpy as np
 
 #: CL-Net widens an organ decoder's window by a quarter of the largest anatomy extent on each side.
 DEFAULT_MARGIN = 0.25
+#: An anatomy's own window is widened by at least this much (score units, about 42 mm at 0.12 units
+#: per mm) on each side: a small anatomy spans only a few mm, and a new scan's scores are not that exact.
+MIN_ANATOMY_MARGIN = 5.0
 
 
 def anatomy_ranges(scores: np.ndarray, labels_zyx: np.ndarray,
@@ -55,6 +58,23 @@ def decoder_range(anatomy_ranges: Mapping[str, tuple[float, float]], anatomies: 
     hi = max(r[1] for r in known)
     pad = margin * max(r[1] - r[0] for r in known)
     return (float(lo - pad), float(hi + pad))
+
+
+def anatomy_window(lo: float, hi: float, extent: float | None = None, margin: float = DEFAULT_MARGIN,
+                   min_margin: float = MIN_ANATOMY_MARGIN) -> tuple[float, float]:
+    """One anatomy's score window: its range widened by ``margin`` × its extent (``hi - lo`` unless
+    given, e.g. the official mean per-case extent), and by at least ``min_margin``, on each side."""
+    if margin < 0 or min_margin < 0:
+        raise ValueError("margins must be >= 0")
+    pad = max(margin * float(hi - lo if extent is None else extent), min_margin)
+    return (float(lo - pad), float(hi + pad))
+
+
+def anatomy_windows(ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN,
+                    min_margin: float = MIN_ANATOMY_MARGIN) -> dict[str, tuple[float, float]]:
+    """:func:`anatomy_window` for every anatomy of :func:`anatomy_ranges`' result (for a model
+    manifest's ``anatomy_bodypart_ranges``)."""
+    return {a: anatomy_window(lo, hi, None, margin, min_margin) for a, (lo, hi) in ranges.items()}
 
 
 def slices_in_window(scores: np.ndarray, window: tuple[float, float] | None) -> tuple[int, int] | None:

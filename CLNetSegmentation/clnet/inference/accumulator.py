@@ -36,6 +36,13 @@ class BlockResult:
     labels: dict[str, np.ndarray]  # head-local argmax, uint8
     confidence: dict[str, np.ndarray]  # winning probability × 255, uint8
 
+    def shifted(self, dz: int) -> BlockResult:
+        """The same block ``dz`` slices further along z (tiles over a slab → the whole grid)."""
+        if not dz:
+            return self
+        z = self.box[0]
+        return BlockResult((slice(z.start + dz, z.stop + dz), *self.box[1:]), self.labels, self.confidence)
+
 
 class CellAccumulator:
     """Weighted-mean class probabilities for the open cells of ``grid``, per decoder.

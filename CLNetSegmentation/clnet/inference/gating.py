@@ -1,9 +1,13 @@
-"""Body-part gating: which decoders can apply to which tiles.
+"""Body-part gating: which decoders can apply to which slices and tiles.
 
-Each decoder may carry a body-part score window (``bodypart_range`` in the manifest). The body-part
-model scores every axial slice of the input; a tile runs a decoder only if the scores of the slices
-it covers reach into that decoder's window. Decoders without a window always run. When the scores
-do not look trustworthy for a scan (they do not rise along the body as expected), nothing is gated.
+Each decoder may carry a body-part score window (``bodypart_range`` in the manifest), and each of its
+anatomies one of its own (``anatomy_bodypart_ranges``); the Segmenter picks the window that fits the
+anatomies asked for (:meth:`clnet.manifest.DecoderEntry.window_for`). The body-part model scores every
+axial slice of the input. The network then runs only on the *slab* of model-grid slices whose scores
+lie in some decoder's window (enlarged to at least one tile, as the official pipeline crops each
+head's input), and within the slab a tile runs a decoder only if the scores of the slices it covers
+reach into that decoder's window. Decoders without a window always run everywhere. When the scores do
+not look trustworthy for a scan (they do not rise along the body as expected), nothing is gated.
 """
 
 from __future__ import annotations
@@ -31,12 +35,39 @@ class Gate:
         order = np.argsort(details.z_mm)
         return cls(np.asarray(details.z_mm)[order], np.asarray(details.cleaned)[order], dict(windows))
 
-    def for_grid(self, grid: sitk.Image, decoders: Sequence[str]) -> Callable[[int, int], list[str]]:
-        """A function (z0, z1) → the decoders to run on tiles covering model-grid slices [z0, z1)."""
-        grid_scores = np.interp(slice_z_mm(grid), self.z_mm, self.scores)
+    def grid_scores(self, grid: sitk.Image) -> np.ndarray:
+        """One score per z slice of a model grid (interpolated by world z)."""
+        return np.interp(slice_z_mm(grid), self.z_mm, self.scores)
+
+    def slab(self, grid: sitk.Image, decoders: Sequence[str], min_depth: int) -> tuple[int, int] | None:
+        """[z0, z1) of the model grid's slices that some decoder applies to, enlarged (centred, kept
+        inside the grid) to ``min_depth`` slices; None when no decoder applies to any slice."""
+        scores = self.grid_scores(grid)
+        depth = scores.size
+        inside = np.zeros(depth, dtype=bool)
+        for d in decoders:
+            window = self.windows.get(d)
+            if window is None:
+                return (0, depth)
+            inside |= (scores >= window[0]) & (scores <= window[1])
+        hits = np.flatnonzero(inside)
+        if hits.size == 0:
+            return None
+        z0, z1 = int(hits[0]), int(hits[-1]) + 1
+        want = min(depth, int(min_depth))
+        if z1 - z0 < want:
+            z0 = min(max(0, z0 - (want - (z1 - z0)) // 2), depth - want)
+            z1 = z0 + want
+        return (z0, z1)
+
+    def for_grid(self, grid: sitk.Image, decoders: Sequence[str], offset: int = 0) -> Callable[[int, int], list[str]]:
+        """A function (z0, z1) → the decoders to run on tiles covering model-grid slices
+        [offset + z0, offset + z1) (``offset``: where the volume the tiles cover starts in the grid)."""
+        grid_scores = self.grid_scores(grid)
 
         def active(z0: int, z1: int) -> list[str]:
-            lo, hi = float(grid_scores[z0:z1].min()), float(grid_scores[z0:z1].max())
+            covered = grid_scores[offset + z0 : offset + z1]
+            lo, hi = float(covered.min()), float(covered.max())
             keep = []
             for d in decoders:
                 window = self.windows.get(d)

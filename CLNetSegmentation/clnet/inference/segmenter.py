@@ -175,7 +175,7 @@ class Segmenter:
         estimate = estimate_memory(image.GetSize(), image.GetSpacing(), self.manifest, run, fast, self.batch_size)
         warnings += check_memory(estimate)
         timings["check"] = time.perf_counter() - t
-        gate = self._gate(image, run, warnings)
+        gate = self._gate(image, run, wanted, warnings)
         groups = self._preprocessing_groups(run)
         # One group (the usual case): its label image on the input grid is the result as it is.
         # Several groups: merged in NumPy by confidence. Either way no whole-volume copy is made
@@ -186,10 +186,11 @@ class Segmenter:
         conflicts, total_tiles = 0, 0
         heads: dict[str, sitk.Image] = {}
         tiles_run: dict[str, int] = {}
+        slabs: list[list[int] | None] = []
         for index, (prep, decs) in enumerate(groups):
             group_labels, group_confidence, overruled, tiles = self._run_group(
                 image, prep, decs, lookups, fast, overlap, report, timings, (index, len(groups)), heads,
-                warnings, tiles_run, keep_heads=per_decoder, gate=gate,
+                warnings, tiles_run, keep_heads=per_decoder, gate=gate, slabs=slabs,
             )
             conflicts += overruled
             total_tiles += tiles
@@ -235,7 +236,14 @@ class Segmenter:
             "tiles_run": tiles_run,  # tiles the encoder / each decoder ran on (air and gating skip some)
             "estimated_peak_ram_gb": round(estimate.peak_bytes / 2**30, 2),
             "conflict_voxels": conflicts,
-            "bodypart_gating": {"used": gate is not None, "skipped_tile_rows": gate.skipped_rows if gate else 0},
+            "bodypart_gating": {
+                "used": gate is not None,
+                "windows": ({d: list(w) if w else None for d, w in gate.windows.items()} if gate else {}),
+                "skipped_tile_rows": gate.skipped_rows if gate else 0,
+                # Per preprocessing group: [first, last + 1) of the model-grid slices the network ran
+                # on, and how many slices that grid has (None: no decoder applied anywhere).
+                "slabs": slabs,
+            },
         }
         if fast and not prep.fast_spacing_zyx:
             warnings.append(f"Model {self.manifest.name} has no fast mode; ran at its normal spacing.")
@@ -252,8 +260,12 @@ class Segmenter:
                 self._bodypart = load_default_bodypart()
         return self._bodypart
 
-    def _gate(self, image: sitk.Image, decoders: Sequence[str], warnings: list[str]) -> Gate | None:
-        windows = {d: self.manifest.decoders[d].bodypart_range for d in decoders}
+    def _gate(self, image: sitk.Image, decoders: Sequence[str], wanted: set[str],
+              warnings: list[str]) -> Gate | None:
+        windows = {}
+        for d in decoders:
+            entry = self.manifest.decoders[d]
+            windows[d] = entry.window_for(n for n in entry.anatomies if self.catalog.by_name(n).name in wanted)
         if not self.gating or all(w is None for w in windows.values()):
             return None
         details = self._bodypart_model().score_details(image)
@@ -276,10 +288,12 @@ class Segmenter:
                    fast: bool, overlap: float | None, report: Reporter, timings: dict[str, float],
                    group: tuple[int, int], heads: dict[str, sitk.Image], warnings: list[str],
                    tiles_run: dict[str, int], keep_heads: bool = False,
-                   gate: Gate | None = None) -> tuple[sitk.Image, sitk.Image | None, int, int]:
+                   gate: Gate | None = None,
+                   slabs: list | None = None) -> tuple[sitk.Image, sitk.Image | None, int, int]:
         """Prepare and run one preprocessing group; returns its labels and (when there are several
         groups to merge) confidences on the input grid, the overruled-voxel count and the number of
-        tiles. ``tiles_run`` counts the tiles the encoder and each decoder actually ran on."""
+        tiles. ``tiles_run`` counts the tiles the encoder and each decoder actually ran on; the slab
+        of slices the network ran on is appended to ``slabs``."""
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
         # On a GPU the resampling runs there too and the volume stays on it for the network.
@@ -287,7 +301,15 @@ class Segmenter:
         timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
 
         overlap = prep.overlap if overlap is None else float(overlap)
-        tiles = count_tiles(prepared.data.shape, prep.patch_size_zyx, overlap)
+        depth = int(prepared.data.shape[0])
+        # Only the slab of slices some decoder applies to is tiled (a subset of anatomies usually
+        # needs far fewer slices than the whole scan); outside it the labels stay 0.
+        slab = gate.slab(prepared.grid, decoders, prep.patch_size_zyx[0]) if gate else (0, depth)
+        if slabs is not None:
+            slabs.append([*slab, depth] if slab else None)
+        z0, z1 = slab if slab else (0, 0)
+        volume = prepared.data[z0:z1]
+        tiles = count_tiles(volume.shape, prep.patch_size_zyx, overlap) if slab else 0
         t = time.perf_counter()
         report("network", 0.0, f"Running {len(decoders)} decoder(s) on {tiles} tile(s)")
 
@@ -297,10 +319,13 @@ class Segmenter:
             self.device = device
             merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders,
                                  keep_heads=keep_heads)
+            if not slab:
+                return merger, dict.fromkeys(["encoder", *decoders], 0)
             runs = sliding_window(
-                self.model.network, prepared.data, decoders, prep.patch_size_zyx, overlap, merger.add, device,
+                self.model.network, volume, decoders, prep.patch_size_zyx, overlap,
+                lambda block: merger.add(block.shifted(z0)), device,
                 batch_size=batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
-                active_decoders=gate.for_grid(prepared.grid, decoders) if gate else None,
+                active_decoders=gate.for_grid(prepared.grid, decoders, offset=z0) if gate else None,
                 skip_below=prep.normalized(prep.body_threshold_hu),
                 on_tile=lambda done, total: report(
                     "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"

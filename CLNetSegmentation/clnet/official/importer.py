@@ -44,6 +44,7 @@ from .plans import (
     OFFICIAL_WINDOWS,
     ConfigTask,
     head_anatomies,
+    head_class_windows,
     head_range_from_class_scores,
     official_label_table,
     read_config,
@@ -348,6 +349,9 @@ def import_official(
             _check_patch(patch, enc_cfg.divisor, head)
             prep = plans.preprocessing(patch)  # type: ignore[arg-type]
             window, window_src, rng = _window(head, src, labels)
+            scores_path = src.trainer_dir / "bpr_scores.json"
+            class_scores = read_json(scores_path, "body-part scores") if scores_path.is_file() else None
+            class_windows, class_src = head_class_windows(head, official_names, labels, class_scores)
             info: dict[str, Any] = {
                 "official_task": src.task,
                 "official_labels": labels,
@@ -357,12 +361,15 @@ def import_official(
                 "preprocessing": prep.to_dict(),
                 "normalization_source": plans.normalization_source,
                 "bodypart_range_source": window_src,
+                "anatomy_bodypart_ranges_source": class_src,
             }
             if rng:
                 info["bodypart_statistics"] = rng
             if shrunk is not None:
                 info["shrink"] = shrunk.to_dict()
-            entries[head] = DecoderEntry(head, anatomies, dec_cfg, bodypart_range=window, info=info)
+            by_catalog = {a: class_windows[n] for a, n in zip(anatomies, official_names) if n in class_windows}
+            entries[head] = DecoderEntry(head, anatomies, dec_cfg, bodypart_range=window, info=info,
+                                         anatomy_bodypart_ranges=by_catalog)
             modules[head] = module
             preps[head] = prep
             log(f"  {head}: {dec_cfg.num_classes - 1} anatomies, weights from {picked}, "

@@ -168,6 +168,54 @@ def window_from_range(head: str, rng: dict[str, Any]) -> tuple[float, float]:
         raise ModelError(f"The body-part range of {head} is incomplete ({exc!r}).") from exc
 
 
+def class_window(head: str, stats: dict[str, Any]) -> tuple[float, float]:
+    """One anatomy's own body-part window from its official per-class statistics: the head rule
+    applied to the class alone (organ heads: [p0.5, p99.5] widened by 0.25 × its mean extent, and at
+    least :data:`~clnet.bodypart.ranges.MIN_ANATOMY_MARGIN`; lesion heads: [min - sd, max + sd])."""
+    from ..bodypart.ranges import anatomy_window
+
+    try:
+        if is_lesion_head(head):
+            return float(stats["mn"]) - float(stats["sd"]), float(stats["mx"]) + float(stats["sd"])
+        return anatomy_window(float(stats["percentile_00_5"]), float(stats["percentile_99_5"]),
+                              extent=float(stats["mean"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"The body-part statistics of a class of {head} are incomplete ({exc!r}).") from exc
+
+
+def official_class_statistics() -> dict[str, dict[str, float]]:
+    """The released model's per-class body-part statistics by official anatomy name.
+
+    Packaged copy of the ``bpr_cls_details`` of clnet/training_cfg_json/CSS_Train_Merged_ALL_pred_cleaned.json
+    in the official repository (commit 4dacccb): ``percentile_00_5`` / ``percentile_99_5`` of the slice
+    scores each class covers, ``mean`` / ``sd`` of its per-case extent, ``mn`` / ``mx`` over all cases.
+    Used when an official results tree has no bpr_scores.json, and by the benchmark's stand-in model.
+    """
+    text = resources.files("clnet.official").joinpath("official_class_bpr.tsv").read_text(encoding="utf-8")
+    return {r["anatomy"]: {k: float(v) for k, v in r.items() if k != "anatomy"}
+            for r in csv.DictReader(io.StringIO(text), delimiter="\t")}
+
+
+def head_class_windows(head: str, official_names: list[str], labels: list[int],
+                       scores: dict[str, Any] | None = None) -> tuple[dict[str, tuple[float, float]], str]:
+    """Each anatomy's own window for ``head`` (official names, channel order; ``labels`` their dataset
+    label ids), from a task's bpr_scores.json (keyed by label id) when it covers every class, else
+    from the packaged statistics; empty when neither covers them all."""
+    if isinstance(scores, dict):
+        rows = [scores.get(str(i)) for i in labels]
+        if rows and all(isinstance(r, dict) for r in rows):
+            try:
+                return ({n: class_window(head, r) for n, r in zip(official_names, rows)},
+                        "bpr_scores.json (per-class statistics)")
+            except ModelError:
+                pass
+    known = official_class_statistics()
+    if all(n in known for n in official_names):
+        return ({n: class_window(head, known[n]) for n in official_names},
+                "official per-class statistics (packaged table)")
+    return {}, "none"
+
+
 def head_range_from_class_scores(scores: dict[str, Any], labels: list[int]) -> dict[str, float] | None:
     """Combine per-class statistics (bpr_scores.json, keyed by label id) into the head range."""
     rows = [scores[str(i)] for i in labels if isinstance(scores.get(str(i)), dict)]
