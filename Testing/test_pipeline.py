@@ -353,3 +353,11 @@ def test_sliding_window_takes_a_tensor_volume(segmenter):
     for x, y in zip(a, b):
         for d in decoders:
             np.testing.assert_array_equal(x.labels[d], y.labels[d])
+
+
+def test_a_path_input_gives_the_same_result_as_the_image(segmenter, ct, ct_crop, full):
+    """Given a path, the Segmenter reads the image itself and lets go of its voxels once they are
+    prepared (the result only needs the input's geometry): same labels, same grid."""
+    res = segmenter.segment(str(ct_crop))
+    assert same_grid(res.labels, ct)
+    np.testing.assert_array_equal(res.array(), full.array())

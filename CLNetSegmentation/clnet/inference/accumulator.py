@@ -10,13 +10,17 @@ rounded, and the scale leaves room for the rounding so that sums never overflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .tiling import Cell, TileGrid
+
+Box = tuple[slice, slice, slice]
+#: A head's probabilities are computed for at most about this many bytes at a time.
+PIECE_BYTES = 32 << 20
 
 # Stored values above this many bytes in float32 are stored in uint8 instead (a quarter of the
 # memory); smaller stores stay float32, exact up to float rounding.
@@ -57,6 +61,7 @@ class CellAccumulator:
         self.grid = grid
         self.plan = plan
         self.decoders = list(n_classes)
+        self.n_classes = dict(n_classes)
         self.importance = importance
         self.dtype = dtype
         self.real_shape = tuple(int(s) for s in real_shape)
@@ -80,22 +85,33 @@ class CellAccumulator:
             self._factors[key] = (scale / total, scale)
         return self._factors[key]
 
-    def add(self, tile: int, decoder: str, probs: torch.Tensor) -> None:
-        """Add one tile's softmax (classes, *patch, float32) for ``decoder``. ``probs`` is used up: it is
-        scaled in place (the tile's cells do not overlap), which saves a copy as large as the head's output."""
+    def add(self, tile: int, decoder: str, probs: torch.Tensor | Callable[[Box], torch.Tensor]) -> None:
+        """Add one tile's softmax for ``decoder``: a (classes, *patch) float32 tensor, or a function
+        that returns it for a box of the tile (then only one box's worth exists at a time: a cell, cut
+        along z to about :data:`PIECE_BYTES`). The probabilities are used up: scaled in place."""
         origin = self.grid.tiles[tile]
+        classes = self.n_classes[decoder]
         for index in self.grid.cells_of_tile[tile]:
             cell = self.grid.cells[index]
             local = cell.within(origin)
             factor, _ = self._factor(index, decoder)
-            share = probs[(slice(None), *local)].mul_(self.importance[local] * factor)
             key = (index, decoder)
             store = self._values.get(key)
             if store is None:
-                store = self._values[key] = torch.zeros(share.shape, dtype=self.dtype, device=share.device)
-                self.open_values += cell.voxels * share.shape[0]
+                shape = (classes, *(b - a for a, b in zip(cell.start, cell.stop)))
+                store = self._values[key] = torch.zeros(shape, dtype=self.dtype, device=self.importance.device)
+                self.open_values += cell.voxels * classes
                 self.peak_open_values = max(self.peak_open_values, self.open_values)
-            store += share.round_().to(self.dtype) if self.quantised else share.to(self.dtype)
+            depth = local[0].stop - local[0].start
+            plane = (local[1].stop - local[1].start) * (local[2].stop - local[2].start)
+            rows = depth if isinstance(probs, torch.Tensor) else max(1, PIECE_BYTES // (4 * classes * plane))
+            for a in range(0, depth, rows):
+                b = min(depth, a + rows)
+                piece = (slice(local[0].start + a, local[0].start + b), local[1], local[2])
+                part = probs[(slice(None), *piece)] if isinstance(probs, torch.Tensor) else probs(piece)
+                share = part.mul_(self.importance[piece] * factor[a:b])
+                store[:, a:b] += share.round_().to(self.dtype) if self.quantised else share.to(self.dtype)
+                del part, share
 
     def finished(self, upto_tile: int) -> Iterator[BlockResult]:
         """The cells whose last covering tile is ``upto_tile`` or earlier, each decided once."""

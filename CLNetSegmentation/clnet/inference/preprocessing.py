@@ -40,16 +40,94 @@ def orient(image: sitk.Image, orientation: str = "LPS") -> sitk.Image:
     return sitk.DICOMOrient(image, orientation)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels are (size, spacing, origin, direction; x, y, z), without the voxels."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    def point(self, index: Sequence[float]) -> np.ndarray:
+        """World position of a (continuous) voxel index."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin, dtype=float) + d @ (np.asarray(self.spacing, dtype=float) * np.asarray(index))
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        """``image`` (of this size) placed on this geometry, in place; returned for chaining."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def region(self, start: Sequence[int], size: Sequence[int]) -> Geometry:
+        """The geometry of the box of ``size`` voxels from index ``start`` (a RegionOfInterest's)."""
+        return Geometry(tuple(int(v) for v in size), self.spacing, tuple(self.point(start).tolist()), self.direction)
+
+
+@dataclass(frozen=True)
+class Oriented:
+    """An image as :func:`orient` would return it, described without copying its voxels:
+    oriented axis k is the image's axis ``axes[k]``, reversed where ``flips[k]``."""
+
+    geometry: Geometry
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    def array_view(self, image: sitk.Image) -> np.ndarray:
+        """The oriented (z, y, x) array as a view of ``image``'s buffer (transposed, reversed; no copy)."""
+        arr = sitk.GetArrayViewFromImage(image)  # (z, y, x) = image axes (2, 1, 0)
+        view = arr.transpose([2 - self.axes[2 - a] for a in range(3)])
+        flip_axes = tuple(2 - k for k in range(3) if self.flips[k])
+        return np.flip(view, flip_axes) if flip_axes else view
+
+
+def oriented(image: sitk.Image, orientation: str = "LPS") -> Oriented:
+    """How :func:`orient` permutes and flips ``image`` (DICOM letters: the direction each axis runs to),
+    and the geometry of the result, computed from the header alone."""
+    letters = ("LR", "PA", "SI")  # world axis i, positive / negative direction
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    size, spacing = image.GetSize(), image.GetSpacing()
+    current = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    axes, flips = [], []
+    for want in orientation:
+        pair = next(p for p in letters if want in p)
+        j = next(j for j, c in enumerate(current) if c in pair)
+        axes.append(j)
+        flips.append(current[j] != want)
+    start = [0, 0, 0]
+    for k, j in enumerate(axes):
+        if flips[k]:
+            start[j] = size[j] - 1
+    origin = Geometry.of(image).point(start)
+    new_dir = np.stack([direction[:, j] * (-1.0 if flips[k] else 1.0) for k, j in enumerate(axes)], axis=1)
+    geometry = Geometry(tuple(int(size[j]) for j in axes), tuple(float(spacing[j]) for j in axes),
+                        tuple(origin.tolist()), tuple(new_dir.ravel().tolist()))
+    return Oriented(geometry, tuple(axes), tuple(flips))  # type: ignore[arg-type]
+
+
 def body_bounding_box(image: sitk.Image, threshold_hu: float, margin_mm: float = 10.0) -> tuple[list[int], list[int]]:
     """Index box (x, y, z start and size) around the largest connected region above ``threshold_hu``.
 
     Found on a coarse copy (about 6 mm) because only the box is needed; returns the whole image
     when nothing exceeds the threshold.
     """
-    size = list(image.GetSize())
-    spacing = image.GetSpacing()
+    return body_box(sitk.GetArrayViewFromImage(image), image.GetSpacing(), threshold_hu, margin_mm)
+
+
+def body_box(array_zyx: np.ndarray, spacing_xyz: Sequence[float], threshold_hu: float,
+             margin_mm: float = 10.0) -> tuple[list[int], list[int]]:
+    """:func:`body_bounding_box` on a (z, y, x) array (a view is enough: only a coarse sample is read)."""
+    size = list(array_zyx.shape[::-1])
+    spacing = spacing_xyz
     step = [max(1, int(round(6.0 / s))) for s in spacing]
-    arr = sitk.GetArrayViewFromImage(image)[:: step[2], :: step[1], :: step[0]]
+    arr = array_zyx[:: step[2], :: step[1], :: step[0]]
     mask = arr > threshold_hu
     if not mask.any():
         return [0, 0, 0], size
@@ -72,17 +150,18 @@ def body_bounding_box(image: sitk.Image, threshold_hu: float, margin_mm: float =
     return start, extent
 
 
-def spacing_grid(image: sitk.Image, spacing_xyz: Sequence[float]) -> sitk.Image:
+def spacing_grid(image: sitk.Image | Geometry, spacing_xyz: Sequence[float]) -> sitk.Image:
     """An empty (uint8) image: the grid of ``spacing_xyz`` with the same direction and physical extent
     as ``image`` (edges aligned)."""
-    old_spacing = np.array(image.GetSpacing())
+    geometry = image if isinstance(image, Geometry) else Geometry.of(image)
+    old_spacing = np.array(geometry.spacing)
     new_spacing = np.array(spacing_xyz, dtype=float)
-    new_size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing)).astype(int)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
+    new_size = np.maximum(1, np.round(np.array(geometry.size) * old_spacing / new_spacing)).astype(int)
+    direction = np.array(geometry.direction).reshape(3, 3)
     grid = sitk.Image([int(v) for v in new_size], sitk.sitkUInt8)
     grid.SetSpacing(new_spacing.tolist())
-    grid.SetDirection(image.GetDirection())
-    grid.SetOrigin((np.array(image.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2.0)).tolist())
+    grid.SetDirection(geometry.direction)
+    grid.SetOrigin((np.array(geometry.origin) + direction @ ((new_spacing - old_spacing) / 2.0)).tolist())
     return grid
 
 
@@ -138,32 +217,56 @@ def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_
     that device (used for GPUs); otherwise SimpleITK on the CPU and a NumPy array.
     """
     # Orient before finding the body box: the box then does not depend on how the input's axes
-    # happen to be stored, so flipped or permuted copies of a scan give identical results.
-    oriented = orient(image, prep.orientation)
-    if crop_to_body:
-        start, extent = body_bounding_box(oriented, prep.body_threshold_hu)
-    else:
-        start, extent = [0, 0, 0], list(oriented.GetSize())
-    cropped = sitk.RegionOfInterest(oriented, extent, start)
+    # happen to be stored, so flipped or permuted copies of a scan give identical results. On the
+    # CPU nothing is copied: the body box is found on a view, and the model grid (defined on the
+    # oriented crop) is sampled straight from the input, a few slices at a time.
     spacing_zyx = prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx
-    grid = spacing_grid(cropped, spacing_zyx[::-1])
     if device is not None:
+        image = orient(image, prep.orientation)
+        start, extent = (body_bounding_box(image, prep.body_threshold_hu) if crop_to_body
+                         else ([0, 0, 0], list(image.GetSize())))
+        cropped = sitk.RegionOfInterest(image, extent, start)
+        grid = spacing_grid(cropped, spacing_zyx[::-1])
         data = normalize_ct(resample_on_device(cropped, grid, torch.device(device)), prep.normalization)
+        return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
+    view = oriented(image, prep.orientation)
+    if crop_to_body:
+        start, extent = body_box(view.array_view(image), view.geometry.spacing, prep.body_threshold_hu)
     else:
-        resampled = resample_to_spacing(cropped, spacing_zyx[::-1], sitk.sitkLinear, default_value=-1024.0,
-                                        pixel_type=sitk.sitkFloat32)
-        data = normalize_ct(sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False), prep.normalization)
-    return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
+        start, extent = [0, 0, 0], list(view.geometry.size)
+    grid = spacing_grid(view.geometry.region(start, extent), spacing_zyx[::-1])
+    data = resample_into(image, grid, default_value=-1024.0)
+    return PreparedVolume(data=normalize_ct(data, prep.normalization), grid=grid, crop_index_xyz=tuple(start),
+                          crop_size_xyz=tuple(extent))
 
 
-def labels_to_input_grid(labels_zyx: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> sitk.Image:
+def resample_into(image: sitk.Image, grid: sitk.Image, default_value: float = 0.0,
+                  slab_bytes: int = 8 << 20) -> np.ndarray:
+    """Linear resampling of ``image`` onto ``grid`` as a float32 (z, y, x) array, a slab of slices at a
+    time (no second whole-volume buffer)."""
+    nx, ny, nz = grid.GetSize()
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    rows = max(1, slab_bytes // (4 * nx * ny))
+    for z0 in range(0, nz, rows):
+        z1 = min(nz, z0 + rows)
+        part = sitk.Resample(image, [nx, ny, z1 - z0], sitk.Transform(), sitk.sitkLinear,
+                             grid.TransformIndexToPhysicalPoint((0, 0, z0)), grid.GetSpacing(), grid.GetDirection(),
+                             default_value, sitk.sitkFloat32)
+        out[z0:z1] = sitk.GetArrayViewFromImage(part)
+    return out
+
+
+def labels_to_input_grid(labels_zyx: np.ndarray, grid: sitk.Image, reference: sitk.Image | Geometry) -> sitk.Image:
     """Nearest-neighbour map of model-grid labels onto the input image's own grid (world coordinates).
 
-    Labels stay labels (no blending), and voxels outside the processed region become 0.
+    Labels stay labels (no blending), and voxels outside the processed region become 0. Only the
+    reference's geometry is used: it may be a :class:`Geometry`, whose voxels are gone.
     """
     lab = sitk.GetImageFromArray(labels_zyx)
     lab.CopyInformation(grid)
-    return sitk.Resample(lab, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
+    ref = reference if isinstance(reference, Geometry) else Geometry.of(reference)
+    return sitk.Resample(lab, ref.size, sitk.Transform(), sitk.sitkNearestNeighbor, ref.origin, ref.spacing,
+                         ref.direction, 0, lab.GetPixelID())
 
 
 def labels_to_model_grid(labels: sitk.Image, grid: sitk.Image) -> np.ndarray:

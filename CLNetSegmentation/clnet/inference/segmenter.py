@@ -24,7 +24,7 @@ from ..registry import resolve_model
 from .device import describe_device, select_device
 from .gating import Gate
 from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
-from .preprocessing import labels_to_input_grid, prepare
+from .preprocessing import Geometry, labels_to_input_grid, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
 from .resources import check_memory, estimate_memory, oom_fallback
 from .sliding_window import sliding_window
@@ -150,7 +150,10 @@ class Segmenter:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         report("read", 0.0, "Reading image")
-        if isinstance(image, (str, os.PathLike)):
+        # An image this call reads itself is nobody else's: its voxels are let go as soon as the last
+        # preprocessing group has been prepared (only its geometry is needed after that).
+        owned = isinstance(image, (str, os.PathLike))
+        if owned:
             image = read_image(image)
         if isinstance(image, LoadedImage):
             image = image.image
@@ -177,6 +180,9 @@ class Segmenter:
         timings["check"] = time.perf_counter() - t
         gate = self._gate(image, run, wanted, warnings)
         groups = self._preprocessing_groups(run)
+        geometry = Geometry.of(image)
+        source = _Source(image, release_after=len(groups) - 1 if owned else None)
+        del image
         # One group (the usual case): its label image on the input grid is the result as it is.
         # Several groups: merged in NumPy by confidence. Either way no whole-volume copy is made
         # beyond what the merge itself needs.
@@ -189,7 +195,7 @@ class Segmenter:
         slabs: list[list[int] | None] = []
         for index, (prep, decs) in enumerate(groups):
             group_labels, group_confidence, overruled, tiles = self._run_group(
-                image, prep, decs, lookups, fast, overlap, report, timings, (index, len(groups)), heads,
+                source, prep, decs, lookups, fast, overlap, report, timings, (index, len(groups)), heads,
                 warnings, tiles_run, keep_heads=per_decoder, gate=gate, slabs=slabs,
             )
             conflicts += overruled
@@ -206,12 +212,10 @@ class Segmenter:
             timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         if merged is not None:
-            label_image = sitk.GetImageFromArray(merged[0])
-            label_image.CopyInformation(image)
+            label_image = geometry.apply(sitk.GetImageFromArray(merged[0]))
             del merged
         elif label_image is None:  # nothing to run
-            label_image = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-            label_image.CopyInformation(image)
+            label_image = geometry.apply(sitk.Image(geometry.size, sitk.sitkUInt8))
         present_labels = labels_present(sitk.GetArrayViewFromImage(label_image))
         present = [a for a in requested if a.label in present_labels]
         timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
@@ -284,7 +288,7 @@ class Segmenter:
             groups.setdefault(key, (prep, []))[1].append(d)
         return list(groups.values())
 
-    def _run_group(self, image: sitk.Image, prep: Preprocessing, decoders: list[str], lookups: dict,
+    def _run_group(self, source: _Source, prep: Preprocessing, decoders: list[str], lookups: dict,
                    fast: bool, overlap: float | None, report: Reporter, timings: dict[str, float],
                    group: tuple[int, int], heads: dict[str, sitk.Image], warnings: list[str],
                    tiles_run: dict[str, int], keep_heads: bool = False,
@@ -297,7 +301,9 @@ class Segmenter:
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
         # On a GPU the resampling runs there too and the volume stays on it for the network.
-        prepared = prepare(image, prep, fast=fast, device=self.device if self.device.type == "cuda" else None)
+        prepared = prepare(source.image, prep, fast=fast, device=self.device if self.device.type == "cuda" else None)
+        geometry = Geometry.of(source.image)
+        source.prepared(group[0])
         timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
 
         overlap = prep.overlap if overlap is None else float(overlap)
@@ -340,9 +346,22 @@ class Segmenter:
 
         t = time.perf_counter()
         report("merge", 0.0, "Mapping labels back to the input grid")
-        labels = labels_to_input_grid(merger.labels, prepared.grid, image)
-        confidence = labels_to_input_grid(merger.confidence, prepared.grid, image) if group[1] > 1 else None
+        labels = labels_to_input_grid(merger.labels, prepared.grid, geometry)
+        confidence = labels_to_input_grid(merger.confidence, prepared.grid, geometry) if group[1] > 1 else None
         for d, head in merger.heads.items():
-            heads[d] = labels_to_input_grid(head, prepared.grid, image)
+            heads[d] = labels_to_input_grid(head, prepared.grid, geometry)
         timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
         return labels, confidence, merger.conflicts, tiles
+
+
+class _Source:
+    """The input image, given up after the group numbered ``release_after`` has been prepared
+    (None: kept, because the caller owns it)."""
+
+    def __init__(self, image: sitk.Image, release_after: int | None) -> None:
+        self.image: sitk.Image | None = image
+        self.release_after = release_after
+
+    def prepared(self, group: int) -> None:
+        if self.release_after is not None and group >= self.release_after:
+            self.image = None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from ..model import CLNet
+from ..model import CLNet, lean
 from .accumulator import BlockResult, CellAccumulator, accumulator_dtype
 from .tiling import TileGrid
 
@@ -86,22 +86,30 @@ def sliding_window(
                 tiles = [vol_t[tuple(slice(o, o + p) for o, p in zip(grid.tiles[t], patch))] for t in batch]
                 x = torch.stack(tiles)[:, None].to(device, non_blocking=True)
                 runs["encoder"] += len(batch)
-                # One head at a time: only one decoder's logits and probabilities exist at once
-                # (nine heads' logits for a 112×96×128 tile are 1.2 GB in float32).
+                # One decoder at a time, and its head one box at a time: a 64-class head's logits for
+                # a whole 112×96×128 tile would be 350 MB in float32 (all nine heads' 1.2 GB).
                 with autocast_context(device):
-                    for d, logits in network.heads(x, decoders=active):
+                    for d, feats in lean.features(network, x, active):
                         runs[d] += len(batch)
-                        probs = softmax_(logits.float(), dim=1)  # a copy only under autocast
-                        del logits
                         for i, t in enumerate(batch):
-                            store.add(t, d, probs[i])
-                        del probs
+                            store.add(t, d, _head_probs(network.decoders[d], feats[i : i + 1]))
+                        del feats
             last = row[min(b + batch_size, n_z) - 1]
             for block in store.finished(last):
                 on_block(block)
             if on_tile is not None:
                 on_tile(last + 1, total)
     return runs
+
+
+def _head_probs(decoder, feats: torch.Tensor) -> Callable[[tuple[slice, slice, slice]], torch.Tensor]:
+    """box → the head's softmax (classes, *box), float32, for one tile's features (1, C, *patch)."""
+
+    def probs(box: tuple[slice, slice, slice]) -> torch.Tensor:
+        logits = lean.head_logits(decoder, feats[(slice(None), slice(None), *box)])[0]
+        return softmax_(logits.float(), dim=0)  # a copy only under autocast
+
+    return probs
 
 
 def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
