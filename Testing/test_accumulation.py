@@ -84,7 +84,7 @@ def test_cells_decide_like_the_dense_weighted_mean(dtype):
                 labels[d][block.box] = block.labels[d]
                 conf[d][block.box] = block.confidence[d]
                 covered[d][block.box] += 1
-    assert store.open_values == 0 and not store._values and not store._factors
+    assert store.open_values == 0 and not store._values and not store._factors and not store._direct
     assert store.peak_open_values <= sum(classes.values()) * grid.most_open_voxels()
     for d in classes:
         acc, weight = _dense_reference(grid, plan, {t: p.numpy() for t, p in probs[d].items()},

@@ -73,3 +73,28 @@ def test_layer_order_conv_norm_lrelu_and_last_conv_linear():
     assert type(level.blocks[-1].act).__name__ == "Identity"
     assert type(level.blocks[0].act).__name__ == "LeakyReLU"
     assert level.up.bias is None and level.head.bias is None
+
+
+@pytest.mark.parametrize("slab_bytes", [1, None])  # 1: a slab per output slice, the most halo handling
+def test_lean_forward_equals_the_plain_forward(monkeypatch, slab_bytes):
+    """The inference forward (convs over slabs of slices, norms in place, heads per box) gives the
+    plain forward's logits: official kernel/stride layout ([1,3,3] then [3,3,3]; [1,2,2] then [2,2,2]),
+    a narrow decoder, and a patch whose odd size makes the decoder centre-crop."""
+    from clnet.model import lean
+
+    monkeypatch.setattr(lean, "SLAB_BYTES", slab_bytes or lean.SLAB_BYTES)
+    enc = EncoderConfig(features=(4, 8, 16, 16), kernels=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
+                        strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)))
+    narrow = DecoderConfig.default_for(enc, 5, width_scale=0.5)
+    torch.manual_seed(0)
+    net = CLNet(enc, {"a": DecoderConfig.default_for(enc, 4), "b": narrow}).eval()
+    for shape in [(1, 1, 12, 32, 32), (1, 1, 11, 30, 26)]:
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            ref = net(x)
+            out = {n: lean.head_logits(net.decoders[n], f) for n, f in lean.features(net, x, ["a", "b"])}
+        for n in ("a", "b"):
+            assert out[n].shape == ref[n].shape
+            torch.testing.assert_close(out[n], ref[n], atol=2e-5, rtol=1e-4)
+    with pytest.raises(KeyError):
+        next(lean.features(net, x, ["nope"]))

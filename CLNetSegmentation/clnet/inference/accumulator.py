@@ -68,6 +68,9 @@ class CellAccumulator:
         self.quantised = not dtype.is_floating_point
         self._values: dict[tuple[int, str], torch.Tensor] = {}
         self._factors: dict[tuple[int, str], tuple[torch.Tensor, float]] = {}  # 1/total weight, and scale
+        # Cells that one tile alone covers (for a decoder) are decided straight from that tile's
+        # probabilities: 2 bytes a voxel (label, confidence) instead of one value per class.
+        self._direct: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._next = 0  # grid.cells[self._next] is the next cell to finish
         self.open_values = 0
         self.peak_open_values = 0
@@ -94,24 +97,34 @@ class CellAccumulator:
         for index in self.grid.cells_of_tile[tile]:
             cell = self.grid.cells[index]
             local = cell.within(origin)
-            factor, _ = self._factor(index, decoder)
             key = (index, decoder)
+            depth = local[0].stop - local[0].start
+            plane = (local[1].stop - local[1].start) * (local[2].stop - local[2].start)
+            rows = depth if isinstance(probs, torch.Tensor) else max(1, PIECE_BYTES // (4 * classes * plane))
+            # (first, stop) along the cell's z, and that piece's box in the tile
+            pieces = [(a, min(depth, a + rows), (slice(local[0].start + a, local[0].start + min(depth, a + rows)),
+                                                 local[1], local[2])) for a in range(0, depth, rows)]
+            if sum(decoder in self.plan[t] for t in cell.tiles) == 1:  # this tile alone: decide now
+                shape = tuple(b - a for a, b in zip(cell.start, cell.stop))
+                label = torch.empty(shape, dtype=torch.uint8, device=self.importance.device)
+                conf = torch.empty(shape, dtype=torch.uint8, device=self.importance.device)
+                for a, b, piece in pieces:
+                    best, arg = _probs_in(probs, piece).max(dim=0)
+                    label[a:b] = arg.to(torch.uint8)
+                    conf[a:b] = best.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+                self._direct[key] = (label, conf)
+                continue
+            factor, _ = self._factor(index, decoder)
             store = self._values.get(key)
             if store is None:
                 shape = (classes, *(b - a for a, b in zip(cell.start, cell.stop)))
                 store = self._values[key] = torch.zeros(shape, dtype=self.dtype, device=self.importance.device)
                 self.open_values += cell.voxels * classes
                 self.peak_open_values = max(self.peak_open_values, self.open_values)
-            depth = local[0].stop - local[0].start
-            plane = (local[1].stop - local[1].start) * (local[2].stop - local[2].start)
-            rows = depth if isinstance(probs, torch.Tensor) else max(1, PIECE_BYTES // (4 * classes * plane))
-            for a in range(0, depth, rows):
-                b = min(depth, a + rows)
-                piece = (slice(local[0].start + a, local[0].start + b), local[1], local[2])
-                part = probs[(slice(None), *piece)] if isinstance(probs, torch.Tensor) else probs(piece)
-                share = part.mul_(self.importance[piece] * factor[a:b])
+            for a, b, piece in pieces:
+                share = _probs_in(probs, piece).mul_(self.importance[piece] * factor[a:b])
                 store[:, a:b] += share.round_().to(self.dtype) if self.quantised else share.to(self.dtype)
-                del part, share
+                del share
 
     def finished(self, upto_tile: int) -> Iterator[BlockResult]:
         """The cells whose last covering tile is ``upto_tile`` or earlier, each decided once."""
@@ -127,6 +140,11 @@ class CellAccumulator:
         keep = [min(b, s) - a for a, b, s in zip(cell.start, cell.stop, self.real_shape)]
         labels, confidence = {}, {}
         for d in self.decoders:
+            direct = self._direct.pop((index, d), None)
+            if direct is not None:
+                if min(keep) > 0:
+                    labels[d], confidence[d] = (v[: keep[0], : keep[1], : keep[2]].cpu().numpy() for v in direct)
+                continue
             store = self._values.pop((index, d), None)
             factor = self._factors.pop((index, d), None)
             if store is None:
@@ -142,3 +160,8 @@ class CellAccumulator:
             return None
         box = tuple(slice(a, a + k) for a, k in zip(cell.start, keep))
         return BlockResult(box, labels, confidence)  # type: ignore[arg-type]
+
+
+def _probs_in(probs: torch.Tensor | Callable[[Box], torch.Tensor], box: Box) -> torch.Tensor:
+    """(classes, *box) probabilities: a view of a whole tile's, or computed for the box."""
+    return probs[(slice(None), *box)] if isinstance(probs, torch.Tensor) else probs(box)

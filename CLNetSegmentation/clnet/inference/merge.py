@@ -6,7 +6,8 @@ anatomies, the claim with the higher softmax confidence wins; on a tie the decod
 the manifest wins. Decoders that body-part gating ruled out for a slice make no claim there. An
 anatomy that two decoders both output (e.g. oesophagus) has one catalog label, so such claims
 agree. Anatomies that were not requested are dropped *after* the decoder's own argmax, so a subset
-run keeps exactly the decisions the full run makes inside each decoder.
+run on the same tiles keeps exactly the decisions the full run makes inside each decoder (with
+per-anatomy body-part windows a subset may run on fewer slices, and its tiles then sit differently).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import torch
 from ..errors import ClnetError
 from ..manifest import Manifest
 from ..model.config import EncoderConfig
-from .accumulator import accumulator_dtype
+from ..model.lean import SLAB_BYTES
+from .accumulator import PIECE_BYTES, accumulator_dtype
 from .tiling import TileGrid
 
 T = TypeVar("T")
@@ -107,34 +108,29 @@ def network_parameters(manifest: Manifest, decoders: Sequence[str]) -> int:
 
 
 def activation_bytes(manifest: Manifest, decoders: Sequence[str], patch_zyx: Sequence[int], batch_size: int) -> int:
-    """Peak bytes of the tensors alive during one forward pass over a batch of tiles.
+    """Peak bytes of the tensors alive during one lean forward pass over a batch of tiles
+    (:mod:`clnet.model.lean`).
 
-    Under ``torch.inference_mode`` intermediate maps are freed as soon as the next layer has used
-    them, so what is alive at once is: every encoder skip (kept for the decoders), the working set
-    of the one layer being computed (conv output + norm output; LeakyReLU is in place), and the
-    logits and softmax temporaries of one decoder (the sliding window uses and drops each head's
-    output before the next head runs). Summing *all* feature maps would overestimate by about the
-    number of layers.
+    What is alive at once: every encoder skip (kept for the decoders); the working set of the block
+    being computed (its input and its output: norms and activations work in place, and a conv's
+    input, padded and reordered copies exist one slab of slices at a time); and the logits of one
+    box of one head (heads are applied a box at a time). Summing *all* feature maps would
+    overestimate by about the number of layers.
     """
     enc = manifest.encoder
     vox = _stage_shapes(enc, patch_zyx)
     skips = sum(f * v for f, v in zip(enc.features, vox))
-    working = max(2 * f * v + enc.in_channels * vox[0] for f, v in zip(enc.features, vox))
-    largest_head = 0
+    working = max(f * v + enc.in_channels * vox[0] for f, v in zip(enc.features, vox))  # conv 1's output
     n = enc.num_stages
     for name in decoders:
         cfg = manifest.decoders[name].config
         for u, chans in enumerate(cfg.channels):
             stage = n - 2 - u
-            up, convs = chans[0], chans[1:]
-            # upsampled map + concatenation with the skip + one conv's output and its norm's output
-            level = (up + (up + enc.features[stage]) + 2 * max(convs, default=up)) * vox[stage]
-            working = max(working, level)
-        largest_head = max(largest_head, cfg.num_classes * vox[0])
-    # The logits (plus their float32 copy under autocast; the softmax is then taken in place) and
-    # the rounded share of one cell.
-    head = 2 * largest_head
-    floats = skips + working + head
+            # upsampled map and first conv's output, then one conv's output and the next one's
+            working = max(working, 2 * max(chans) * vox[stage])
+    slabs = 3 * SLAB_BYTES // FLOAT_BYTES  # a conv's input slab, its zero-padded copy, its output slab
+    head = 2 * PIECE_BYTES // FLOAT_BYTES  # one box of logits (and their float32 copy under autocast)
+    floats = skips + working + slabs + head
     return int(batch_size * floats * FLOAT_BYTES * ACTIVATION_OVERHEAD)
 
 
@@ -156,9 +152,9 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Estimate the peak RAM of segmenting an image of this size with these decoders.
 
-    Components follow the pipeline (``Segmenter.segment``): the input kept as float32; during
-    preprocessing the oriented copy and the float32 cast of the body crop (assumed to be the whole
-    image) plus the resampled volume; during the network the normalised model-grid volume, the
+    Components follow the pipeline (``Segmenter.segment``): the input kept as float32 (the worst
+    case; a caller's image stays alive throughout); during preprocessing (on the CPU) the resampled
+    volume and one slab of it (the input is neither re-oriented nor cropped by copy); during the network the normalised model-grid volume, the
     class probabilities of the cells open at once (classes × open voxels per decoder, in float32 or,
     when that would be large, uint8, plus each open cell's weight factor and the temporaries of
     deciding a cell), the uint8
@@ -185,11 +181,9 @@ def estimate_memory(
     b = {
         "runtime": RUNTIME_BYTES,
         "input_image": n_in * FLOAT_BYTES,
-        "input_oriented_copy": n_in * FLOAT_BYTES,
-        "input_float32_crop": n_in * FLOAT_BYTES,
         "model_grid_volume": n_model * FLOAT_BYTES,
-        # GetArrayFromImage copies the resampled image before the sitk image is dropped
-        "model_grid_resample_copy": n_model * FLOAT_BYTES,
+        # the geometry-only grid image (uint8) and one resampled slab
+        "model_grid_resample_slab": n_model + (8 << 20),
         # every decoder's open cells (the worst case: body-part gating usually leaves some out)
         "open_cell_store": (sum(classes) * store_bytes + len(classes) * FLOAT_BYTES) * open_voxels,
         # deciding a cell: its max and argmax (int64) over classes; a cell is at most one tile
@@ -202,8 +196,7 @@ def estimate_memory(
         "output_merge_copy": n_in * label_bytes,
     }
     phases = {
-        "prepare": ["runtime", "input_image", "input_oriented_copy", "input_float32_crop", "model_grid_volume",
-                    "model_grid_resample_copy", "network_weights"],
+        "prepare": ["runtime", "input_image", "model_grid_volume", "model_grid_resample_slab", "network_weights"],
         "network": ["runtime", "input_image", "model_grid_volume", "open_cell_store", "cell_decide_copy",
                     "label_and_confidence", "network_weights", "network_activations", "network_input_tiles"],
         "merge": ["runtime", "input_image", "label_and_confidence", "network_weights", "output_labels",

@@ -20,6 +20,7 @@ from monai.data.utils import compute_importance_map
 
 from ..model import CLNet, lean
 from .accumulator import BlockResult, CellAccumulator, accumulator_dtype
+from .heap import release_freed_memory
 from .tiling import TileGrid
 
 
@@ -97,6 +98,8 @@ def sliding_window(
             last = row[min(b + batch_size, n_z) - 1]
             for block in store.finished(last):
                 on_block(block)
+            if batch and device.type == "cpu":
+                release_freed_memory()
             if on_tile is not None:
                 on_tile(last + 1, total)
     return runs

@@ -30,9 +30,11 @@ from .decoder import Decoder, _center_crop_to
 SLAB_BYTES = 24 << 20
 
 
-def conv_norm_act(block: ConvNormAct, parts: Sequence[torch.Tensor], slab_bytes: int = SLAB_BYTES) -> torch.Tensor:
+def conv_norm_act(block: ConvNormAct, parts: Sequence[torch.Tensor], slab_bytes: int | None = None) -> torch.Tensor:
     """``block`` applied to the channel concatenation of ``parts`` (N, C_i, D, H, W each), never
-    building the concatenation for the whole volume."""
+    building the concatenation for the whole volume (slabs of about ``slab_bytes``, default
+    :data:`SLAB_BYTES`)."""
+    slab_bytes = SLAB_BYTES if slab_bytes is None else slab_bytes
     conv = block.conv
     (kz, _, _), (sz, _, _), (pz, py, px) = conv.kernel_size, conv.stride, conv.padding
     depth = parts[0].shape[2]
@@ -90,14 +92,13 @@ def decode(decoder: Decoder, skips: Sequence[torch.Tensor]) -> torch.Tensor:
     x = skips[-1]
     for u, level in enumerate(decoder.levels):
         skip = skips[-(u + 2)]
-        up = level.up(x)
-        if up.shape[2:] != skip.shape[2:]:
-            up = _center_crop_to(up, skip.shape[2:])
-        parts = [up, skip]
+        parts = [level.up(x), skip]
+        if parts[0].shape[2:] != skip.shape[2:]:
+            parts[0] = _center_crop_to(parts[0], skip.shape[2:])
         for block in level.blocks:
             x = conv_norm_act(block, parts)
-            parts = [x]
-        del up, parts
+            parts = [x]  # the previous input (upsampled features, or a conv's output) can go
+        del parts
     return x
 
 
