@@ -98,3 +98,18 @@ def test_lean_forward_equals_the_plain_forward(monkeypatch, slab_bytes):
             torch.testing.assert_close(out[n], ref[n], atol=2e-5, rtol=1e-4)
     with pytest.raises(KeyError):
         next(lean.features(net, x, ["nope"]))
+
+
+def test_lean_instance_norm_in_half_precision_keeps_float32_statistics():
+    from clnet.model.lean import _instance_norm_
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 6) * 3 + 1
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    want = torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5)
+    got32, got16 = x.clone(), x.to(torch.bfloat16)
+    _instance_norm_(got32, w, b, 1e-5)
+    _instance_norm_(got16, w, b, 1e-5)
+    torch.testing.assert_close(got32, want, atol=1e-5, rtol=1e-5)
+    assert got16.dtype == torch.bfloat16
+    torch.testing.assert_close(got16.float(), want, atol=0.05, rtol=0.02)

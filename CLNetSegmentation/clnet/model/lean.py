@@ -66,8 +66,12 @@ def conv_norm_act(block: ConvNormAct, parts: Sequence[torch.Tensor], slab_bytes:
 def _instance_norm_(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> None:
     """InstanceNorm3d (no running statistics) in place; statistics in float32 whatever ``x``'s dtype."""
     shape = (x.shape[0], x.shape[1], 1, 1, 1)
-    var, mean = torch.var_mean(x.float().reshape(*x.shape[:2], -1) if x.dtype != torch.float32
-                               else x.reshape(*x.shape[:2], -1), dim=2, unbiased=False)
+    flat = x.reshape(*x.shape[:2], -1)
+    if x.dtype == torch.float32:
+        var, mean = torch.var_mean(flat, dim=2, unbiased=False)
+    else:  # bf16/fp16 under autocast: float32 statistics, one channel's copy at a time
+        stats = [torch.var_mean(flat[:, c].float(), dim=1, unbiased=False) for c in range(flat.shape[1])]
+        var, mean = torch.stack([v for v, _ in stats], 1), torch.stack([m for _, m in stats], 1)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight.float()
