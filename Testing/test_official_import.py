@@ -274,6 +274,12 @@ def test_every_tensor_maps_and_manifest(official_tree, imported):
         assert prep["spacing_zyx"] == spacing and prep["overlap"] == pytest.approx(0.2)
         assert prep["normalization"] == {"clip_low": stats[0], "clip_high": stats[1], "mean": stats[2], "std": stats[3]}
         assert e.bodypart_range is not None  # the official windows (no config given)
+        # Each anatomy's own window from the packaged per-class statistics, inside the head's.
+        assert set(e.anatomy_bodypart_ranges) == set(e.anatomies)
+        assert "packaged" in e.info["anatomy_bodypart_ranges_source"]
+        lo, hi = e.window_for(e.anatomies[:1])
+        assert e.bodypart_range[0] <= lo < hi <= e.bodypart_range[1]
+        assert hi - lo < e.bodypart_range[1] - e.bodypart_range[0]
 
 
 def test_forward_matches_official_reference(official_tree, imported):

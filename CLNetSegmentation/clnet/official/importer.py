@@ -128,14 +128,14 @@ def find_checkpoint(trainer_dir: Path, fold: str | None = None, cfg_key: str | N
     return None
 
 
-def _window(head: str, src: TaskSource, labels: list[int]) -> tuple[tuple[float, float] | None, str, dict | None]:
-    """Body-part window: configuration JSON, else bpr_scores.json beside the plans, else the known values."""
+def _window(head: str, src: TaskSource, labels: list[int],
+            scores: Any) -> tuple[tuple[float, float] | None, str, dict | None]:
+    """Body-part window: configuration JSON, else the task's bpr_scores.json (``scores``, None when the
+    task has none), else the known values."""
     if src.config and isinstance(src.config.bpr_range.get(head), dict):
         rng = src.config.bpr_range[head]
         return window_from_range(head, rng), "configuration bpr_range_for_decoders", rng
-    scores_path = src.trainer_dir / "bpr_scores.json"
-    if scores_path.is_file():
-        scores = read_json(scores_path, "body-part scores")
+    if scores is not None:
         rng = head_range_from_class_scores(scores, labels) if isinstance(scores, dict) else None
         if rng:
             return window_from_range(head, rng), "bpr_scores.json (per-class statistics)", rng
@@ -348,9 +348,9 @@ def import_official(
             patch = tuple(patch or OFFICIAL_PATCH_SIZE)
             _check_patch(patch, enc_cfg.divisor, head)
             prep = plans.preprocessing(patch)  # type: ignore[arg-type]
-            window, window_src, rng = _window(head, src, labels)
             scores_path = src.trainer_dir / "bpr_scores.json"
             class_scores = read_json(scores_path, "body-part scores") if scores_path.is_file() else None
+            window, window_src, rng = _window(head, src, labels, class_scores)
             class_windows, class_src = head_class_windows(head, official_names, labels, class_scores)
             info: dict[str, Any] = {
                 "official_task": src.task,
