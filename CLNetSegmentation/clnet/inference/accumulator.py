@@ -101,9 +101,10 @@ class CellAccumulator:
             depth = local[0].stop - local[0].start
             plane = (local[1].stop - local[1].start) * (local[2].stop - local[2].start)
             rows = depth if isinstance(probs, torch.Tensor) else max(1, PIECE_BYTES // (4 * classes * plane))
-            # (first, stop) along the cell's z, and that piece's box in the tile
-            pieces = [(a, min(depth, a + rows), (slice(local[0].start + a, local[0].start + min(depth, a + rows)),
-                                                 local[1], local[2])) for a in range(0, depth, rows)]
+            pieces = []  # (first, stop) along the cell's z, and that piece's box in the tile
+            for a in range(0, depth, rows):
+                b = min(depth, a + rows)
+                pieces.append((a, b, (slice(local[0].start + a, local[0].start + b), local[1], local[2])))
             if sum(decoder in self.plan[t] for t in cell.tiles) == 1:  # this tile alone: decide now
                 shape = tuple(b - a for a, b in zip(cell.start, cell.stop))
                 label = torch.empty(shape, dtype=torch.uint8, device=self.importance.device)

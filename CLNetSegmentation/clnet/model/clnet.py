@@ -27,6 +27,13 @@ class CLNet(nn.Module):
         self.decoders[name] = dec
         return dec
 
+    def check_decoders(self, names: Sequence[str]) -> list[str]:
+        """``names`` as a list; KeyError naming the ones this model does not have."""
+        unknown = [n for n in names if n not in self.decoders]
+        if unknown:
+            raise KeyError(f"unknown decoder(s) {unknown}; this model has {list(self.decoders)}")
+        return list(names)
+
     def forward(
         self, x: torch.Tensor, decoders: Sequence[str] | None = None, deep_supervision: bool = False
     ) -> dict[str, torch.Tensor]:
@@ -37,10 +44,7 @@ class CLNet(nn.Module):
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Run the encoder once, then yield (name, logits) one decoder at a time, so that a caller
         can use and drop each head's output before the next one is computed."""
-        names = list(self.decoders) if decoders is None else list(decoders)
-        unknown = [n for n in names if n not in self.decoders]
-        if unknown:
-            raise KeyError(f"unknown decoder(s) {unknown}; this model has {list(self.decoders)}")
+        names = self.check_decoders(list(self.decoders) if decoders is None else decoders)
         skips = self.encoder(x)
         for n in names:
             yield n, self.decoders[n](skips, deep_supervision)

@@ -108,9 +108,7 @@ def decode(decoder: Decoder, skips: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def features(network: CLNet, x: torch.Tensor, decoders: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """Run the encoder once, then yield (name, full-resolution features) one decoder at a time."""
-    unknown = [n for n in decoders if n not in network.decoders]
-    if unknown:
-        raise KeyError(f"unknown decoder(s) {unknown}; this model has {list(network.decoders)}")
+    decoders = network.check_decoders(decoders)
     skips = encode(network, x)
     for name in decoders:
         yield name, decode(network.decoders[name], skips)
