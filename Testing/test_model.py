@@ -75,8 +75,9 @@ def test_layer_order_conv_norm_lrelu_and_last_conv_linear():
     assert level.up.bias is None and level.head.bias is None
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("slab_bytes", [1, None])  # 1: a slab per output slice, the most halo handling
-def test_lean_forward_equals_the_plain_forward(monkeypatch, slab_bytes):
+def test_lean_forward_equals_the_plain_forward(monkeypatch, slab_bytes, channels_last):
     """The inference forward (convs over slabs of slices, norms in place, heads per box) gives the
     plain forward's logits: official kernel/stride layout ([1,3,3] then [3,3,3]; [1,2,2] then [2,2,2]),
     a narrow decoder, and a patch whose odd size makes the decoder centre-crop."""
@@ -92,7 +93,10 @@ def test_lean_forward_equals_the_plain_forward(monkeypatch, slab_bytes):
         x = torch.randn(shape)
         with torch.inference_mode():
             ref = net(x)
-            out = {n: lean.head_logits(net.decoders[n], f) for n, f in lean.features(net, x, ["a", "b"])}
+            out = {}
+            for n, f in lean.features(net, x, ["a", "b"], channels_last=channels_last):
+                assert f.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+                out[n] = lean.head_logits(net.decoders[n], f)
         for n in ("a", "b"):
             assert out[n].shape == ref[n].shape
             torch.testing.assert_close(out[n], ref[n], atol=2e-5, rtol=1e-4)
@@ -113,3 +117,21 @@ def test_lean_instance_norm_in_half_precision_keeps_float32_statistics():
     torch.testing.assert_close(got32, want, atol=1e-5, rtol=1e-5)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(got16.float(), want, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_channel_statistics_match_float64_even_far_from_zero(monkeypatch, channels_last):
+    """Sums of values and squares (float64, piecewise) give var_mean's mean and variance, also for
+    values whose mean is a thousand standard deviations from zero (where E[x²] - E[x]² in float32
+    would cancel to noise), in either layout and with pieces smaller than one channel."""
+    from clnet.model import lean
+
+    monkeypatch.setattr(lean, "STATS_BYTES", 4 * 3 * 50)  # 50 voxels × 3 channels a piece
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, 7) * torch.tensor([1.0, 0.01, 2.0]).reshape(1, 3, 1, 1, 1) + 10.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    mean, var = lean._channel_stats(x)
+    want_var, want_mean = torch.var_mean(x.double(), dim=(2, 3, 4), unbiased=False)
+    torch.testing.assert_close(mean.double(), want_mean, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(var.double(), want_var, atol=0, rtol=1e-3)

@@ -361,3 +361,22 @@ def test_a_path_input_gives_the_same_result_as_the_image(segmenter, ct, ct_crop,
     res = segmenter.segment(str(ct_crop))
     assert same_grid(res.labels, ct)
     np.testing.assert_array_equal(res.array(), full.array())
+
+
+def test_precision_choice(tiny_model_dir, ct, full):
+    """float32 is the CPU default (recorded); an unknown precision is refused up front; bf16 on a
+    CPU with native bf16 runs the same pipeline and mostly agrees with float32."""
+    import torch
+
+    assert full.settings["precision"] == "float32"
+    with pytest.raises(ClnetError, match="Unknown precision"):
+        Segmenter(tiny_model_dir, device="cpu", precision="fp8")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(ClnetError, match="no native bf16"):
+            Segmenter(tiny_model_dir, device="cpu", precision="bf16")
+        return
+    res = Segmenter(tiny_model_dir, device="cpu", precision="bf16").segment(ct)
+    assert res.settings["precision"] == "bfloat16"
+    assert same_grid(res.labels, ct)
+    a, b = full.array(), res.array()
+    assert 0.9 < float(np.mean(a == b)) < 1.0  # bf16 really ran, and it decided most voxels alike

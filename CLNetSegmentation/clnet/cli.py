@@ -38,12 +38,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     source = read_image(args.input, series_uid=args.series)
     check_output_request(args.output, source, args.formats)
-    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     update, close = _tqdm_progress(args.quiet)
     try:
         result = segmenter.segment(source, anatomies=args.anatomies, regions=args.regions, fast=args.fast,
                                    force=args.force, overlap=args.overlap, progress=update,
-                                   per_decoder=args.per_decoder)
+                                   per_decoder=args.per_decoder, locate=args.locate)
         written = save_result(result, args.output, source, formats=args.formats, stats=args.stats,
                               preview=args.preview)
     finally:

@@ -12,6 +12,12 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anatomies", nargs="+", metavar="NAME", help="catalog names (see `clnet anatomies`)")
     p.add_argument("--regions", nargs="+", metavar="REGION", help="e.g. thorax abdomen skeleton")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
+                   help="network arithmetic: auto = bf16 on a GPU, float32 on the CPU; bf16 on a CPU with native "
+                        "bf16 is about 1.5x faster, labels differ slightly at edges (default auto)")
+    p.add_argument("--no-locate", dest="locate", action="store_false", default=None,
+                   help="for a subset, skip the coarse pass that finds the anatomies first and tile the whole body "
+                        "slab instead (the coarse pass runs by default for subsets in normal mode)")
     p.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
     p.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
     p.add_argument("--formats", nargs="+", default=["nifti"], choices=FORMAT_CHOICES)

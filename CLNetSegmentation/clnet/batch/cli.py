@@ -46,11 +46,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise ClnetError(f"--ray took the input '{args.ray}' as its address.",
                          "Put --ray after the inputs, or write --ray=ADDRESS (e.g. --ray=auto).")
     summary = run_batch(
-        args.inputs, args.output, model=args.model, device=args.device, batch_size=args.batch_size,
+        args.inputs, args.output, model=args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
         resume=args.resume, prefetch=args.prefetch, ray=args.ray, ray_workers=args.ray_workers,
         ray_cpus_per_worker=args.ray_cpus_per_worker, retries=args.retries, progress=not args.quiet,
         anatomies=args.anatomies, regions=args.regions, fast=args.fast, force=args.force, overlap=args.overlap,
         formats=args.formats, stats=args.stats, preview=args.preview, per_decoder=args.per_decoder,
+        locate=args.locate,
     )
     if args.quiet:  # the bar already showed failures as they happened
         for rec in summary.failed:

@@ -37,6 +37,7 @@ class SegmentOptions:
     stats: bool = False
     preview: bool = False
     per_decoder: bool = False
+    locate: bool | None = None  # None: the Segmenter's default (on for a subset)
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -110,7 +111,7 @@ def run_case(segmenter, case: Case, loaded: LoadedImage | BaseException, read_s:
         clear_done(case_dir)
         result = segmenter.segment(loaded, anatomies=options.anatomies, regions=options.regions, fast=options.fast,
                                    force=options.force, overlap=options.overlap, progress=progress,
-                                   per_decoder=options.per_decoder)
+                                   per_decoder=options.per_decoder, locate=options.locate)
         timings["segment"] = round(time.perf_counter() - start, 3)
         timings.update({f"segment.{k}": round(v, 3) for k, v in result.timings.items()})
         t = time.perf_counter()

@@ -65,6 +65,7 @@ def run_batch(
     model=None,
     device: str = "auto",
     batch_size: int = 1,
+    precision: str = "auto",
     resume: bool = True,
     prefetch: int = 2,
     ray: str | bool | None = None,
@@ -81,7 +82,8 @@ def run_batch(
     formats, stats, preview, per_decoder). With ``resume`` (default) cases whose outputs are
     complete and intact are skipped. ``prefetch`` images are read ahead in a background thread
     (0: read inline). ``ray`` = True/"local" runs on a local Ray instance, any other string is
-    a Ray address ("auto", "ray://head:10001"). ``segmenter`` reuses an already loaded model.
+    a Ray address ("auto", "ray://head:10001"). ``precision``: see :class:`Segmenter`. ``segmenter``
+    reuses an already loaded model.
     Per-case problems are recorded, never raised; options that make every case fail (unknown
     anatomy, unknown format, bad model) raise :class:`ClnetError` before any case runs.
     """
@@ -97,13 +99,13 @@ def run_batch(
         from .ray_backend import run_on_ray
 
         records = run_on_ray(cases, out, options, model=model, device=device, batch_size=batch_size,
-                             address=None if ray is True else str(ray), workers=ray_workers,
+                             precision=precision, address=None if ray is True else str(ray), workers=ray_workers,
                              cpus_per_worker=ray_cpus_per_worker, resume=resume, retries=retries, progress=report)
     else:
         if segmenter is None:
             from ..inference import Segmenter
 
-            segmenter = Segmenter(model, device=device, batch_size=batch_size)
+            segmenter = Segmenter(model, device=device, batch_size=batch_size, precision=precision)
         records = run_local(cases, out, options, segmenter, resume=resume, prefetch=prefetch, progress=report)
     return BatchSummary(out, records)
 

@@ -40,12 +40,12 @@ class BlockResult:
     labels: dict[str, np.ndarray]  # head-local argmax, uint8
     confidence: dict[str, np.ndarray]  # winning probability × 255, uint8
 
-    def shifted(self, dz: int) -> BlockResult:
-        """The same block ``dz`` slices further along z (tiles over a slab → the whole grid)."""
-        if not dz:
+    def shifted(self, offset_zyx: Sequence[int]) -> BlockResult:
+        """The same block moved by ``offset_zyx`` (tiles over a region → the whole grid)."""
+        if not any(offset_zyx):
             return self
-        z = self.box[0]
-        return BlockResult((slice(z.start + dz, z.stop + dz), *self.box[1:]), self.labels, self.confidence)
+        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(self.box, offset_zyx))
+        return BlockResult(box, self.labels, self.confidence)  # type: ignore[arg-type]
 
 
 class CellAccumulator:

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..bodypart.model import SliceScores, slice_z_mm
+from .locate import fit_range
 
 
 @dataclass
@@ -53,12 +54,7 @@ class Gate:
         hits = np.flatnonzero(inside)
         if hits.size == 0:
             return None
-        z0, z1 = int(hits[0]), int(hits[-1]) + 1
-        want = min(depth, int(min_depth))
-        if z1 - z0 < want:
-            z0 = min(max(0, z0 - (want - (z1 - z0)) // 2), depth - want)
-            z1 = z0 + want
-        return (z0, z1)
+        return fit_range(int(hits[0]), int(hits[-1]) + 1, depth, min_depth)
 
     def for_grid(self, grid: sitk.Image, decoders: Sequence[str], offset: int = 0) -> Callable[[int, int], list[str]]:
         """A function (z0, z1) → the decoders to run on tiles covering model-grid slices

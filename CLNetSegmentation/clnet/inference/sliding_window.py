@@ -24,12 +24,15 @@ from .heap import release_freed_memory
 from .tiling import TileGrid
 
 
-def autocast_context(device: torch.device):
-    """bf16/fp16 autocast on CUDA; float32 elsewhere."""
-    if device.type == "cuda":
+def autocast_context(device: torch.device, dtype: torch.dtype | None | str = "auto"):
+    """Autocast to ``dtype`` (None: none, plain float32); ``"auto"``: bf16/fp16 on CUDA, float32 elsewhere."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return nullcontext()
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -48,6 +51,7 @@ def sliding_window(
     on_tile: Callable[[int, int], None] | None = None,
     skip_below: float | None = None,
     store_dtype: torch.dtype | None = None,
+    precision: torch.dtype | None | str = "auto",
 ) -> dict[str, int]:
     """Run ``network`` over ``volume`` (z, y, x, normalised; NumPy, or a tensor already on the
     device) and stream per-cell decisions to ``on_block``.
@@ -55,7 +59,8 @@ def sliding_window(
     ``active_decoders(z0, z1)`` may narrow the decoders for tiles covering model-grid slices
     [z0, z1) (body-part gating); ``on_tile(done, total)`` reports progress and may raise to cancel;
     tiles whose values never exceed ``skip_below`` are not run at all. ``store_dtype`` overrides
-    :func:`.accumulator_dtype`. Returns how many tiles the encoder and each decoder ran on
+    :func:`.accumulator_dtype`; ``precision`` is the autocast dtype (see
+    :func:`autocast_context`). Returns how many tiles the encoder and each decoder ran on
     (``{"encoder": n, <decoder>: n, ...}``).
     """
     patch = tuple(int(p) for p in patch_zyx)
@@ -89,7 +94,7 @@ def sliding_window(
                 runs["encoder"] += len(batch)
                 # One decoder at a time, and its head one box at a time: a 64-class head's logits for
                 # a whole 112×96×128 tile would be 350 MB in float32 (all nine heads' 1.2 GB).
-                with autocast_context(device):
+                with autocast_context(device, precision):
                     for d, feats in lean.features(network, x, active):
                         runs[d] += len(batch)
                         for i, t in enumerate(batch):
