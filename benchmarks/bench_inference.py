@@ -26,13 +26,10 @@ import json
 import os
 import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -41,6 +38,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # for _nnunet_baseline and _bench_setup
 
+from _bench_engines import ClnetEngine, Measure, NnunetEngine, Scenario  # noqa: E402
+from _bench_memory import child_main, memory_section  # noqa: E402
 from _bench_setup import (  # noqa: E402
     cached_image,
     clnet_work_gflops,
@@ -49,253 +48,9 @@ from _bench_setup import (  # noqa: E402
     nnunet_specs,
     prepare_model,
     realistic_ct,
-    tile_z,
 )
 
-CHILD_MARK = "BENCH_CHILD_RESULT "
 MODES = ("normal", "fast")
-
-
-# --------------------------------------------------------------------------------------------------
-# memory helpers
-
-
-def _proc_status_kib(key: str) -> int | None:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM), or None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (VmHWM; ru_maxrss where /proc is missing)."""
-    kib = _proc_status_kib("VmHWM")
-    if kib is None:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kib = rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
-    return kib / 1024.0
-
-
-def current_rss_mib() -> float | None:
-    kib = _proc_status_kib("VmRSS")
-    return None if kib is None else kib / 1024.0
-
-
-# --------------------------------------------------------------------------------------------------
-# the two engines
-
-
-class ResampleBackTimer:
-    """Wraps the Segmenter's label → input-grid resampling so its time can be split out of ``merge``."""
-
-    def __init__(self) -> None:
-        import clnet.inference.segmenter as segmenter_module
-
-        self.seconds = 0.0
-        original = segmenter_module.labels_to_input_grid
-
-        def timed(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t
-
-        segmenter_module.labels_to_input_grid = timed
-
-
-@dataclass
-class Scenario:
-    key: str  # full / anatomy / region
-    label: str
-    anatomies: list[str] | None = None
-    regions: list[str] | None = None
-
-
-@dataclass
-class Measure:
-    """All timed repeats of one (engine, scenario, mode)."""
-
-    engine: str
-    scenario: str
-    mode: str
-    decoders: list[str] = field(default_factory=list)
-    tiles: int = 0
-    runs: dict[str, int] = field(default_factory=dict)  # CL-Net: tiles the encoder / each decoder ran on
-    total_s: list[float] = field(default_factory=list)
-    stages_s: list[dict[str, float]] = field(default_factory=list)
-
-    def median(self) -> float:
-        return statistics.median(self.total_s)
-
-    def stage_median(self, stage: str) -> float:
-        return statistics.median(s.get(stage, 0.0) for s in self.stages_s)
-
-    def to_dict(self) -> dict:
-        stages = sorted({k for s in self.stages_s for k in s})
-        return {
-            "engine": self.engine, "scenario": self.scenario, "mode": self.mode, "decoders": self.decoders,
-            "tiles": self.tiles, "tiles_run": self.runs, "repeats": len(self.total_s), "total_s": [round(v, 4) for v in self.total_s],
-            "median_total_s": round(self.median(), 4),
-            "median_stages_s": {k: round(self.stage_median(k), 4) for k in stages},
-        }
-
-
-class ClnetEngine:
-    def __init__(self, model_dir: Path, device: str, gating: bool = True) -> None:
-        from clnet import Segmenter
-
-        t = time.perf_counter()
-        self.segmenter = Segmenter(model_dir, device=device, gating=gating)
-        self.load_seconds = time.perf_counter() - t
-        self.timer = ResampleBackTimer()
-
-    def run(self, path: Path, scenario: Scenario, fast: bool, overlap: float | None, write_to: Path | None = None,
-            progress=None):
-        from clnet.outputs import save_result
-
-        self.timer.seconds = 0.0
-        t = time.perf_counter()
-        result = self.segmenter.segment(str(path), anatomies=scenario.anatomies, regions=scenario.regions, fast=fast,
-                                        overlap=overlap, progress=progress)
-        total = time.perf_counter() - t
-        stages = dict(result.timings)
-        stages["resample_back"] = self.timer.seconds
-        stages["merge"] = stages.get("merge", 0.0) - self.timer.seconds
-        if write_to is not None:
-            source = sitk.ReadImage(str(path))  # untimed: save_result needs the input for its geometry only
-            t = time.perf_counter()
-            save_result(result, write_to, source, formats=("nifti",))
-            stages["write"] = time.perf_counter() - t
-        return total, stages, result
-
-
-class NnunetEngine:
-    def __init__(self, manifest, root: Path, overlap: float, device, modes: Sequence[str]) -> None:
-        from _nnunet_baseline import NnUNetEnsemble
-
-        self.manifest = manifest
-        self.ensembles = {m: NnUNetEnsemble(nnunet_specs(manifest, m == "fast"), root / m, overlap, device)
-                          for m in modes}
-        self.load_seconds = sum(e.load_seconds for e in self.ensembles.values())
-
-    def run(self, path: Path, decoders: Sequence[str], requested: Sequence[str], mode: str):
-        from clnet.catalog import load_catalog
-        from clnet.inference.merge import decoder_lookup
-        from clnet.io import read_image
-
-        t = time.perf_counter()
-        image = read_image(path).image
-        read = time.perf_counter() - t
-        catalog = load_catalog()
-        labels_by_name = {a.name: a.label for a in catalog}
-        wanted = set(requested)
-        lookups = {
-            d: decoder_lookup([catalog.by_name(n).name for n in self.manifest.decoders[d].anatomies], labels_by_name,
-                              wanted)
-            for d in decoders
-        }
-        prep = self.manifest.decoder_preprocessing(decoders[0]) if decoders else self.manifest.preprocessing
-        _, stages, tiles = self.ensembles[mode].run(image, lookups, prep, fast=mode == "fast")
-        total = time.perf_counter() - t
-        return total, {"read": read, **stages}, tiles
-
-
-# --------------------------------------------------------------------------------------------------
-# memory against scan length (one fresh subprocess per configuration)
-
-
-# The Segmenter's progress texts, by stage (their first word).
-_STAGE_OF_TEXT = {"Reading": "read", "Checking": "check", "Resampling": "prepare", "Running": "network",
-                  "Network:": "network", "Mapping": "merge", "Done": "merge"}
-
-
-class StagePeaks:
-    """The process's peak RSS (VmHWM) at the end of each Segmenter stage: the stage in which the value
-    last rises is the one that sets the peak."""
-
-    def __init__(self) -> None:
-        self.stage = "load"
-        self.hwm_mib: dict[str, float] = {}
-
-    def __call__(self, text: str, fraction: float) -> None:
-        stage = _STAGE_OF_TEXT.get(text.split(" ", 1)[0], self.stage)
-        if stage != self.stage:
-            self.hwm_mib[self.stage] = round(peak_rss_mib(), 1)
-            self.stage = stage
-
-    def finish(self) -> dict:
-        self.hwm_mib[self.stage] = round(peak_rss_mib(), 1)
-        final = max(self.hwm_mib.values())
-        setter = next(s for s, v in self.hwm_mib.items() if v >= final - 0.5)
-        return {"hwm_by_stage_mib": dict(self.hwm_mib), "peak_set_in": setter}
-
-
-def child_main(spec: dict) -> None:
-    """Run one configuration once and print its peaks (called in a fresh interpreter)."""
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    from clnet.checkpoint import read_manifest
-    from clnet.inference.device import select_device
-
-    device = select_device(spec["device"])
-    path = Path(spec["input"])
-    fast = spec["mode"] == "fast"
-    out: dict = {"engine": spec["engine"]}
-    if spec["engine"] == "clnet":
-        # Body-part gating off: every decoder on every tile, the worst case for memory.
-        engine = ClnetEngine(Path(spec["model_dir"]), spec["device"], gating=False)
-        baseline = current_rss_mib()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        peaks = StagePeaks()
-        total, stages, result = engine.run(path, Scenario("full", "full"), fast, spec["overlap"], progress=peaks)
-        out.update(tiles=result.settings["tiles"], decoders=result.settings["decoders_run"], **peaks.finish())
-    else:
-        from _nnunet_baseline import configure_environment
-
-        configure_environment(int(spec.get("threads") or torch.get_num_threads()), Path(spec["nnunet_root"]))
-        manifest = read_manifest(Path(spec["model_dir"]))
-        overlap = manifest.preprocessing.overlap if spec["overlap"] is None else spec["overlap"]
-        engine = NnunetEngine(manifest, Path(spec["nnunet_root"]), overlap, device, [spec["mode"]])
-        baseline = current_rss_mib()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        decoders = list(manifest.decoders)
-        total, stages, tiles = engine.run(path, decoders, list(manifest.anatomy_owner()), spec["mode"])
-        out.update(tiles=tiles, decoders=decoders)
-    out.update(wall_s=round(total, 3), peak_rss_mib=round(peak_rss_mib(), 1),
-               rss_after_load_mib=None if baseline is None else round(baseline, 1),
-               stages_s={k: round(v, 3) for k, v in stages.items()})
-    if device.type == "cuda":
-        out["peak_vram_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        out["peak_vram_reserved_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
-    print(CHILD_MARK + json.dumps(out), flush=True)
-
-
-def run_child(spec: dict, timeout: float | None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    t = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"engine": spec["engine"], "status": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines()[::-1]:
-        if line.startswith(CHILD_MARK):
-            res = json.loads(line[len(CHILD_MARK):])
-            res["status"] = "ok"
-            return res
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
-    return {"engine": spec["engine"], "status": f"failed: {why}: {' | '.join(tail)}",
-            "wall_s": round(time.perf_counter() - t, 3)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--anatomy", default="Liver", help="the one-anatomy scenario (default Liver)")
     p.add_argument("--region", default="thorax",
                    help="the one-region scenario (default thorax: three official decoders share the encoder)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bf16"),
+                   help="the Segmenter's precision (auto: float32 on the CPU, bf16 on a GPU)")
+    p.add_argument("--locate", default="auto", choices=("auto", "on", "off"),
+                   help="coarse localisation pass for the subset scenarios; auto = the Segmenter's default (on), "
+                        "except off for random-weight models, whose coarse pass labels the whole body")
     p.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net v2 ensemble")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory against scan length")
     p.add_argument("--no-timing", action="store_true",
@@ -415,7 +175,9 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
 
     say(f"# clnet inference benchmark ({'quick validation' if args.quick else args.size})")
     say()
-    clnet_engine = ClnetEngine(model_dir, str(device))
+    random_weights = args.model.removesuffix("-quick") in ("official-random", "official-pruned")
+    locate = {"on": True, "off": False}.get(args.locate, False if random_weights else None)
+    clnet_engine = ClnetEngine(model_dir, str(device), precision=args.precision, locate=locate)
     manifest = clnet_engine.segmenter.manifest
     seg = clnet_engine.segmenter
     prep = manifest.preprocessing
@@ -430,7 +192,8 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
         "fast_spacing_zyx": list(prep.fast_spacing_zyx) if prep.fast_spacing_zyx else None,
         "overlap": overlap, "repeats": args.repeats, "warmup": args.warmup, "input": describe_image(source),
         "quick": args.quick, "loadavg_start": list(load_start) if load_start else None,
-        "clnet_load_s": round(clnet_engine.load_seconds, 3),
+        "clnet_load_s": round(clnet_engine.load_seconds, 3), "precision": args.precision,
+        "locate": {None: "auto (on for subsets)", True: "on", False: "off"}[locate],
     }
     say(f"- model: {manifest.name} ({meta['decoders']} decoders, {meta['outputs']} outputs, encoder "
         f"{meta['encoder_features']}, patch {meta['patch_zyx']}, spacing {meta['spacing_zyx']} / fast "
@@ -440,6 +203,9 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
         f"load average at start {meta['loadavg_start']}")
     say(f"- {args.repeats} timed repeat(s) of CL-Net, {args.nnunet_repeats} of the nnU-Net ensemble; "
         f"{args.warmup} warm-up run(s) per engine and mode (excluded)")
+    say(f"- precision {args.precision}; coarse localisation pass for subsets: {meta['locate']}"
+        + (" (random weights label the whole body, so the pass would find no smaller box: its saving needs a "
+           "trained model, see the demo-model run)" if random_weights and locate is False else ""))
 
     # scenarios ---------------------------------------------------------------------------------------
     available = {a.name for a in seg.available}
@@ -502,6 +268,7 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
             m = measures.setdefault(("clnet", s.key, mode), Measure("clnet", s.key, mode))
             m.decoders, m.tiles = list(result.settings["decoders_run"]), int(result.settings["tiles"])
             m.runs = dict(result.settings["tiles_run"])
+            m.coarse_tiles = int(result.settings["locate"].get("tiles_run", {}).get("encoder", 0))
             if record:
                 m.total_s.append(total)
                 m.stages_s.append(stages)
@@ -542,11 +309,12 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
                 m = measures[("clnet", s.key, mode)]
                 dec_runs = sum(v for k, v in m.runs.items() if k != "encoder")
                 rows.append([label[s.key], mode, len(m.decoders), m.tiles, f"{m.runs.get('encoder', 0)} / {dec_runs}",
-                             m.median(), m.stage_median("network"), min(m.total_s), max(m.total_s)])
+                             m.coarse_tiles or "–", m.median(), m.stage_median("network"), min(m.total_s),
+                             max(m.total_s)])
         say("## CL-Net engine: anatomy subsets (seconds, median)")
         say()
-        say(md_table(["scenario", "mode", "decoders", "tiles", "encoder / decoder tiles run", "total s", "network s",
-                      "min s", "max s"], rows))
+        say(md_table(["scenario", "mode", "decoders", "tiles", "encoder / decoder tiles run", "coarse-pass tiles",
+                      "total s", "network s", "min s", "max s"], rows))
         say()
 
         say("## CL-Net vs nnU-Net v2 ensemble (one nnU-Net per decoder group)")
@@ -597,49 +365,15 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
             say()
 
         stage_table("clnet", "CL-Net engine:",
-                    ["read", "check", "prepare", "network", "merge", "resample_back", "write"],
+                    ["read", "check", "locate", "prepare", "network", "merge", "resample_back", "write"],
                     "**total (without write)**")
         if nnunet_engine is not None:
             stage_table("nnunet", "nnU-Net v2 ensemble:",
                         ["read", "prepare", "nnunet_preprocess", "network", "export", "resample_back", "merge"],
                         "**total**")
 
-    # memory ------------------------------------------------------------------------------------------
-    memory = []
-    say(f"## Peak memory against scan length (full anatomy set, {args.memory_mode} mode, body-part gating off, "
-        "fresh process each)")
-    say()
-    if args.no_memory:
-        say("Skipped (--no-memory).")
-    else:
-        base_path = medium if args.memory_base == "medium" else real_ct
-        base = sitk.ReadImage(str(base_path))
-        scales = [float(v) for v in args.memory_scales.split(",") if v.strip()]
-        engines = [e.strip() for e in args.memory_engines.split(",") if e.strip()]
-        if "nnunet" in engines and not nnunet_ok:
-            engines.remove("nnunet")
-            say(f"nnU-Net memory runs {nnunet_note}.")
-            say()
-        rows = []
-        for n in scales:
-            path = base_path if n == 1 else cached_image(workdir / "inputs" / f"{base_path.name[:-7]}_{n:g}x.nii.gz",
-                                                          lambda n=n: tile_z(base, n))
-            info = describe_image(path)
-            for eng in engines:
-                spec = {"engine": eng, "model_dir": str(model_dir), "input": str(path), "mode": args.memory_mode,
-                        "device": str(device), "threads": threads, "overlap": args.overlap,
-                        "nnunet_root": str(workdir / "nnunet")}
-                res = run_child(spec, args.memory_timeout)
-                res.update(scale=n, input_size_xyz=info["size_xyz"])
-                memory.append(res)
-                vram = res.get("peak_vram_allocated_mib", "–")
-                rows.append([f"{n:g}×", "×".join(map(str, info["size_xyz"])), eng, res.get("tiles", "–"),
-                             res.get("peak_rss_mib", "–"), res.get("rss_after_load_mib", "–"), vram,
-                             res.get("peak_set_in", "–"), res.get("wall_s", "–"), res["status"]])
-                say(f"- memory {n:g}× {eng}: {res['status']}")
-        say()
-        say(md_table(["scan", "input voxels (x×y×z)", "engine", "tiles", "peak RSS MiB", "RSS after load MiB",
-                      "peak VRAM MiB", "peak set in", "wall s", "status"], rows))
+    memory = memory_section(args, say, md_table, medium=medium, real_ct=real_ct, model_dir=model_dir, device=device,
+                            threads=threads, workdir=workdir, nnunet_ok=nnunet_ok, nnunet_note=nnunet_note)
     say()
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
