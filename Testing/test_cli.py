@@ -61,6 +61,12 @@ def test_subset_by_anatomy_names(tiny_model_dir, ct_crop, tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "o" / "segmentation.json").read_text())
     assert [v["name"] for v in info["labels"].values()] == ["Liver"]
+    assert info["settings"]["locate"]["used"] is True  # a subset: the coarse pass runs by default
+    assert info["settings"]["precision"] == "float32"
+    proc = clnet("segment", str(ct_crop), "-o", str(tmp_path / "n"), "--model", str(tiny_model_dir),
+                 "--anatomies", "liver", "--no-locate", "--precision", "float32", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "n" / "segmentation.json").read_text())["settings"]["locate"]["used"] is False
 
 
 def test_dicom_series_input(tiny_model_dir, shared_data, tmp_path):
