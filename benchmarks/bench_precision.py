@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        sys.exit("bench_precision: this CPU has no native bf16 (AVX512-BF16 or AMX); nothing to compare.")
     from clnet import Segmenter
 
     real_ct = find_real_ct(args.ct)
