@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -72,6 +74,23 @@ def cached_image(path: Path, make: Callable[[], sitk.Image]) -> Path:
         sitk.WriteImage(make(), str(tmp), True)
         tmp.replace(path)
     return path
+
+
+def medium_ct(real_ct: Path, workdir: Path) -> Path:
+    """The real CT at 512×512 in-plane and 1.5 mm slices (512×512×224), cached in ``workdir``."""
+    return cached_image(workdir / "inputs" / "medium_512x512x224.nii.gz",
+                        lambda: realistic_ct(sitk.ReadImage(str(real_ct)), min_slices=0))
+
+
+def median_run(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """``run()`` once untimed (warm-up), then ``repeats`` times: the median seconds and the last result."""
+    run()
+    seconds, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = run()
+        seconds.append(time.perf_counter() - t)
+    return statistics.median(seconds), result
 
 
 def describe_image(path: Path) -> dict:

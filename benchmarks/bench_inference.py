@@ -45,6 +45,7 @@ from _bench_setup import (  # noqa: E402
     clnet_work_gflops,
     describe_image,
     find_real_ct,
+    medium_ct,
     nnunet_specs,
     prepare_model,
     realistic_ct,
@@ -164,8 +165,7 @@ def _benchmark(args: argparse.Namespace, workdir: Path, threads: int) -> int:
     real_ct = find_real_ct(args.ct)
     medium = None
     if args.size != "small" or args.memory_base == "medium":
-        medium = cached_image(workdir / "inputs" / "medium_512x512x224.nii.gz",
-                              lambda: realistic_ct(sitk.ReadImage(str(real_ct)), min_slices=0))
+        medium = medium_ct(real_ct, workdir)
     if args.size == "realistic":
         source = cached_image(workdir / "inputs" / "realistic_512x512x448.nii.gz",
                               lambda: realistic_ct(sitk.ReadImage(str(real_ct))))

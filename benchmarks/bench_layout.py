@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     patch = tuple(int(v) for v in args.patch.split(","))
     network = official_network(args.width)
     x = torch.randn(1, 1, *patch)
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from clnet.inference.device import cpu_has_bf16
+
+    bf16 = cpu_has_bf16()
     configs = [("NCDHW", False, None), ("NDHWC", True, None)]
     if bf16:
         configs += [("NCDHW", False, torch.bfloat16), ("NDHWC", True, torch.bfloat16)]

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -26,7 +24,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench_setup import cached_image, find_real_ct, prepare_model, realistic_ct  # noqa: E402
+from _bench_setup import find_real_ct, median_run, medium_ct, prepare_model  # noqa: E402
 from bench_inference import md_table  # noqa: E402
 
 # Catalog name → label name in shared/data/labels.json (TotalSegmentator v1 names).
@@ -62,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from clnet import Segmenter
 
     real_ct = find_real_ct(args.ct)
-    ct = cached_image(args.workdir / "inputs" / "medium_512x512x224.nii.gz",
-                      lambda: realistic_ct(sitk.ReadImage(str(real_ct)), min_slices=0))
+    ct = medium_ct(real_ct, args.workdir)
     seg = Segmenter(prepare_model("official-pruned", False, args.workdir), device="cpu")
     real_corners = segmenter_module.labelled_corners
     oracle = {"corners": None}
@@ -75,13 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     segmenter_module.labelled_corners = reference_box
 
     def timed(**kwargs) -> tuple[float, dict]:
-        seg.segment(str(ct), **kwargs)  # warm-up
-        runs = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            result = seg.segment(str(ct), **kwargs)
-            runs.append(time.perf_counter() - t)
-        return statistics.median(runs), result.settings
+        seconds, result = median_run(lambda: seg.segment(str(ct), **kwargs), args.repeats)
+        return seconds, result.settings
 
     full_s, full = timed()
     rows, out = [], []

@@ -17,7 +17,7 @@ import argparse
 import json
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench_setup import cached_image, find_real_ct, prepare_model, realistic_ct  # noqa: E402
+from _bench_setup import find_real_ct, median_run, medium_ct, prepare_model  # noqa: E402
 from bench_inference import md_table  # noqa: E402
 
 #: Labels smaller than this (in either map) are listed apart: a handful of voxels flipping is Dice 0.
@@ -74,28 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    from clnet.inference.device import cpu_has_bf16
+
+    if not cpu_has_bf16():
         sys.exit("bench_precision: this CPU has no native bf16 (AVX512-BF16 or AMX); nothing to compare.")
     from clnet import Segmenter
 
     real_ct = find_real_ct(args.ct)
-    ct = real_ct
-    if args.size == "medium":
-        ct = cached_image(args.workdir / "inputs" / "medium_512x512x224.nii.gz",
-                          lambda: realistic_ct(sitk.ReadImage(str(real_ct)), min_slices=0))
+    ct = medium_ct(real_ct, args.workdir) if args.size == "medium" else real_ct
     folder = prepare_model(args.model, False, args.workdir)
     runs: dict[str, tuple[float, np.ndarray]] = {}
+    kwargs = {"anatomies": args.anatomy or None, "fast": args.fast, "locate": args.locate}
     for precision in ("float32", "bf16"):
         seg = Segmenter(folder, device="cpu", precision=precision)
-        kwargs = {"anatomies": args.anatomy or None, "fast": args.fast, "locate": args.locate}
-        seg.segment(str(ct), **kwargs)  # warm-up
-        times, labels = [], None
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            result = seg.segment(str(ct), **kwargs)
-            times.append(time.perf_counter() - t)
-            labels = result.array().copy()
-        runs[precision] = (statistics.median(times), labels)
+        seconds, result = median_run(partial(seg.segment, str(ct), **kwargs), args.repeats)
+        runs[precision] = (seconds, result.array().copy())
     (t32, a), (t16, b) = runs["float32"], runs["bf16"]
     agree = agreement(a, b)
 

@@ -39,6 +39,11 @@ def describe_device(device: torch.device) -> str:
 PRECISIONS = ("auto", "float32", "bf16")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX) that oneDNN uses."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def select_precision(spec: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the network (None: plain float32).
 
@@ -60,7 +65,7 @@ def select_precision(spec: str | None, device: torch.device) -> torch.dtype | No
         return torch.float16
     if spec == "auto":
         return None
-    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not cpu_has_bf16():
         raise ClnetError("This CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so bf16 would be slower.",
                          "Use --precision auto or float32.")
     return torch.bfloat16
