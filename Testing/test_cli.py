@@ -144,3 +144,24 @@ def test_bad_inputs_end_with_one_clear_line(case, phrase, tiny_model_dir, shared
 def test_missing_model_says_how_to_get_one(ct_crop, tmp_path):
     proc = clnet("segment", str(ct_crop), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope"))
     assert_clean_error(proc, "not found")
+
+
+def test_progress_json_writes_only_events_on_stdout(tiny_model_dir, ct_crop, tmp_path):
+    from clnet.events import PROTOCOL, parse_event
+
+    out = tmp_path / "o"
+    proc = clnet("segment", str(ct_crop), "-o", str(out), "--model", str(tiny_model_dir), "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    events = [parse_event(line) for line in proc.stdout.splitlines()]
+    assert None not in events, proc.stdout
+    assert events[0] == {"event": "hello", "protocol": PROTOCOL, "command": "segment"}
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1]["event"] == "result"
+    assert events[-1]["outputs"]["nifti"] == str(out / "segmentation.nii.gz")
+    assert (out / "segmentation.nii.gz").is_file()
+
+    bad = clnet("segment", str(tmp_path / "missing.nii.gz"), "-o", str(out), "--progress", "json")
+    assert bad.returncode == 2
+    last = parse_event(bad.stdout.splitlines()[-1])
+    assert last["event"] == "error" and last["type"] == "InputError" and "does not exist" in last["message"]

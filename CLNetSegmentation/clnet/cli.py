@@ -15,9 +15,16 @@ from .errors import ClnetError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _tqdm_progress(quiet: bool):
-    """A progress callback drawing one tqdm bar on stderr (none with --quiet)."""
-    if quiet:
+def _progress(args: argparse.Namespace):
+    """The progress callback ``--progress`` asks for, and a function that closes it.
+
+    ``bar`` draws one tqdm bar on stderr; ``json`` writes events on stdout (``clnet.events``), which
+    is how the Slicer module follows a run in its worker process; ``none`` (or ``--quiet``) is silent.
+    """
+    mode = "none" if getattr(args, "quiet", False) else getattr(args, "progress", "bar")
+    if mode == "json":
+        return _events(args).progress, lambda: None
+    if mode == "none":
         return None, lambda: None
     from tqdm import tqdm
 
@@ -31,6 +38,20 @@ def _tqdm_progress(quiet: bool):
     return update, bar.close
 
 
+def _events(args: argparse.Namespace):
+    """The event writer of a ``--progress json`` run (one per run, created on first use)."""
+    from .events import EventWriter
+
+    if getattr(args, "_events", None) is None:
+        args._events = EventWriter()
+        args._events.hello(command=args.command)
+    return args._events
+
+
+def _json_mode(args: argparse.Namespace) -> bool:
+    return getattr(args, "progress", None) == "json" and not getattr(args, "quiet", False)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import Segmenter
     from .io import read_image
@@ -39,7 +60,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     source = read_image(args.input, series_uid=args.series)
     check_output_request(args.output, source, args.formats)
     segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
-    update, close = _tqdm_progress(args.quiet)
+    update, close = _progress(args)
     try:
         result = segmenter.segment(source, anatomies=args.anatomies, regions=args.regions, fast=args.fast,
                                    force=args.force, overlap=args.overlap, progress=update,
@@ -50,7 +71,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         close()
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if not args.quiet:
+    if _json_mode(args):
+        events = _events(args)
+        for w in result.warnings:
+            events.message(f"warning: {w}")
+        events.result(outputs={k: str(v) for k, v in written.items()},
+                      present=[a.name for a in result.present], requested=[a.name for a in result.requested])
+    elif not args.quiet:
         m = segmenter.manifest
         if m.demo or not m.clinical_use:
             print(f"note: model {m.name!r} is a demonstration model, not for clinical use.", file=sys.stderr)
@@ -150,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_options(s)
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help="bar: a progress bar on stderr (default); json: one JSON event per line on stdout, "
+                        "for programs that run clnet (see clnet/events.py); none: silent")
     s.set_defaults(func=cmd_segment)
 
     a = sub.add_parser("anatomies", help="list the anatomy catalog and what the model offers")
@@ -195,15 +225,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ClnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if _json_mode(args):
+            _events(args).error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)
+        if _json_mode(args):
+            from .errors import CancelledError
+
+            _events(args).error(CancelledError("Interrupted; nothing was written."), exit_code=130)
         return 130
     except Exception as exc:  # a bug: one line for the user, traceback on request
         if args.debug or os.environ.get("CLNET_DEBUG"):
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details and report it)",
               file=sys.stderr)
+        if _json_mode(args):
+            _events(args).error(exc)
         return 1
 
 
