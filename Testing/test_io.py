@@ -133,7 +133,7 @@ def test_two_series_folder_lists_both_then_selects(shared_data, tmp_path):
     text = str(error)
     assert "1.2.826.0.1.3680043.8.498.1 'first' (20 slices)" in text
     assert "1.2.826.0.1.3680043.8.498.2 'second' (20 slices)" in text
-    assert "--series" in text
+    assert 'series_uid="UID"' in text and "--series UID" in str(error.for_caller("cli"))
     loaded = read_image(folder, series_uid="1.2.826.0.1.3680043.8.498.2")
     assert loaded.series_uid == "1.2.826.0.1.3680043.8.498.2"
     assert len(loaded.dicom_files) == 20 and all(f.name.startswith("second") for f in loaded.dicom_files)
