@@ -9,7 +9,6 @@ set them in our NIfTI outputs; the transforms themselves are the ones ITK wrote 
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import struct
 import zlib
@@ -18,6 +17,9 @@ from pathlib import Path
 # (offset of qform_code, offset of sform_code, struct format) per header size.
 _FIELDS = {348: (252, 254, "h"), 540: (344, 348, "i")}
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 22
+#: What ITK writes on its own (scanner coordinates in both).
+ITK_CODES = (1, 1)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -66,11 +68,9 @@ def _patch(fh, codes: tuple[int, int]) -> None:
 
 
 def set_xform_codes(path: str | Path, codes: tuple[int, int]) -> None:
-    """Set ``(qform_code, sform_code)`` in a NIfTI file we just wrote (plain or gzip-compressed).
+    """Set ``(qform_code, sform_code)`` in an existing NIfTI file (plain or gzip-compressed).
 
-    A ``.nii.gz`` is decompressed to a sibling file, patched and compressed again (streamed, so a large
-    label map is never held in memory twice). The gzip stream carries no timestamp, so equal images give
-    equal files.
+    A ``.nii.gz`` is decompressed to a sibling file, patched and compressed again, streamed.
     """
     path = Path(path)
     if not _is_gzip(path):
@@ -78,16 +78,47 @@ def set_xform_codes(path: str | Path, codes: tuple[int, int]) -> None:
             _patch(fh, codes)
         return
     raw = path.with_name(path.name + ".raw")
-    packed = path.with_name(path.name + ".gz")
     try:
-        with gzip.open(path, "rb") as src, open(raw, "w+b") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-            _patch(dst, codes)
-        with open(raw, "rb") as src, open(packed, "wb") as out_fh:
-            with gzip.GzipFile(fileobj=out_fh, mode="wb", compresslevel=6, mtime=0, filename="") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        os.replace(packed, path)
+        with gzip.open(path, "rb") as src, open(raw, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+        with open(raw, "r+b") as fh:
+            _patch(fh, codes)
+        _compress(raw, path)
     finally:
-        for leftover in (raw, packed):
-            if leftover.exists():
-                leftover.unlink()
+        raw.unlink(missing_ok=True)
+
+
+def write_nifti(image, path: str | Path, codes: tuple[int, int] | None = None) -> None:
+    """Write ``image`` (SimpleITK) as NIfTI at ``path`` (``.nii`` or ``.nii.gz``) with these xform codes.
+
+    ITK writes (1, 1); other codes cost a rewrite: the image is written uncompressed, its header
+    patched in place and then compressed (stock zlib, about 2-3x ITK's own compression time), so
+    the usual (1, 1) input keeps ITK's fast path. The gzip stream carries no timestamp, so equal
+    images give equal files.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    compressed = path.name.lower().endswith(".gz")
+    if codes is None or tuple(codes) == ITK_CODES or not any(codes):
+        sitk.WriteImage(image, str(path), useCompression=compressed)
+        return
+    if not compressed:
+        sitk.WriteImage(image, str(path), useCompression=False)
+        with open(path, "r+b") as fh:
+            _patch(fh, codes)
+        return
+    raw = path.with_name(path.name[: -len(".gz")] + ".raw.nii")
+    try:
+        sitk.WriteImage(image, str(raw), useCompression=False)
+        with open(raw, "r+b") as fh:
+            _patch(fh, codes)
+        _compress(raw, path)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _compress(raw: Path, target: Path) -> None:
+    with open(raw, "rb") as src, open(target, "wb") as out_fh:
+        with gzip.GzipFile(fileobj=out_fh, mode="wb", compresslevel=6, mtime=0, filename="") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)

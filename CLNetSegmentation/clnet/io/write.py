@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from ..errors import OutputError
 from .atomic import atomic_write
-from .nifti_header import set_xform_codes
+from .nifti_header import write_nifti
 from .seg_nrrd import write_seg_nrrd
 
 __all__ = ["atomic_write", "write_json", "write_label_image", "write_seg_nrrd"]
@@ -33,12 +33,10 @@ def write_label_image(labels: sitk.Image, path: Path, xform_codes: tuple[int, in
         )
     is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
 
-    def write(tmp: Path) -> None:
-        sitk.WriteImage(labels, str(tmp), useCompression=True)
-        if is_nifti and xform_codes is not None and any(xform_codes):
-            set_xform_codes(tmp, xform_codes)
-
-    atomic_write(path, write)
+    if is_nifti:
+        atomic_write(path, lambda tmp: write_nifti(labels, tmp, xform_codes))
+    else:
+        atomic_write(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
 
 
 def _json_default(value: Any) -> Any:
