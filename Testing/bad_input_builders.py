@@ -19,9 +19,17 @@ import SimpleITK as sitk
 @dataclass
 class Ctx:
     tmp: Path
-    shared: Path
-    crop: Path  # 64x56x40 real CT crop, 3 mm
+    shared_dir: Path  # ../shared/data: DICOM, MR and the small CT; a case that needs it skips without it
+    crop: Path  # 64x56x40 crop of the real CT that ships with clnet, 3 mm
     model: Path
+
+    @property
+    def shared(self) -> Path:
+        if not (self.shared_dir / "example_ct_dicom").is_dir():
+            import pytest
+
+            pytest.skip(f"shared example data not found at {self.shared_dir}")
+        return self.shared_dir
 
 
 @dataclass

@@ -152,7 +152,7 @@ def c_left_handed(ctx):
 
 
 def c_truncated_nii_gz(ctx):
-    data = (ctx.shared / "example_ct_sm.nii.gz").read_bytes()
+    data = ctx.crop.read_bytes()
     path = ctx.tmp / "cut.nii.gz"
     path.write_bytes(data[: len(data) * 3 // 4])
     return segment(ctx, path, phrases=("truncated", "copy"))
@@ -166,7 +166,7 @@ def c_truncated_nii(ctx):
 
 
 def c_gzip_garbage(ctx):
-    data = (ctx.shared / "example_ct_sm.nii.gz").read_bytes()
+    data = ctx.crop.read_bytes()
     noise = np.random.default_rng(7).integers(0, 256, 20000, dtype=np.uint8).tobytes()
     path = ctx.tmp / "garbled.nii.gz"
     path.write_bytes(data[:12] + noise)  # a valid gzip member header, then garbage
@@ -277,6 +277,13 @@ def c_output_is_a_file(ctx):
     blocker = ctx.tmp / "out"
     blocker.write_text("a file where the output folder should be")
     case = segment(ctx, src, phrases=("out",), watch=[src, blocker])
+    return case
+
+
+def c_output_cannot_be_created(ctx):
+    # Root may "write" anywhere by permissions, but not create a folder in /proc: found before any work.
+    case = segment(ctx, _crop_copy(ctx), phrases=("/proc/clnet_out", "output"))
+    case.argv[3] = "/proc/clnet_out"
     return case
 
 
@@ -445,6 +452,7 @@ CASES: dict[str, tuple[Callable[[Ctx], Case], str | None]] = {
     "missing_path": (c_missing_path, None),
     "output_is_a_file": (c_output_is_a_file, None),
     "output_readonly": (c_output_readonly, None),
+    "output_cannot_be_created": (c_output_cannot_be_created, None),
     "unknown_anatomy": (c_unknown_anatomy, None),
     "anatomy_not_in_model": (c_anatomy_not_in_model, None),
     "unknown_region": (c_unknown_region, None),

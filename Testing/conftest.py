@@ -11,10 +11,27 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Folder of the real example CT data; skips the test when it is not available."""
+    """Folder of the shared test data (labels, DICOM, MR, small CT); skips the test when it is not there.
+
+    Tests that need only the example CT use :func:`example_ct` instead, which ships in the repository.
+    """
     if not (SHARED_DATA / "example_ct.nii.gz").is_file():
         pytest.skip(f"shared example data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """Where the shared data would be, without skipping (for tests that need it only in some cases)."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def example_ct() -> Path:
+    """The real abdomen-pelvis CT that ships with clnet (``clnet.data.example_ct()``, 122×101×112, 3 mm)."""
+    from clnet.data import example_ct as bundled
+
+    return bundled()
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +54,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ct_crop(shared_data, tmp_path_factory) -> Path:
+def ct_crop(example_ct, tmp_path_factory) -> Path:
     """A 64×56×40 crop of the real CT (3 mm), small enough for fast end-to-end runs."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    img = sitk.ReadImage(str(example_ct))
     crop = img[30:94, 20:76, 50:90]
     path = tmp_path_factory.mktemp("data") / "ct_crop.nii.gz"
     sitk.WriteImage(crop, str(path))

@@ -99,10 +99,10 @@ def test_official_per_class_statistics_reproduce_the_head_windows() -> None:
     assert "bpr_scores.json" in source and windows["Liver"] == (5.0, 25.0)
 
 
-def test_a_subset_runs_only_on_its_own_slab_of_the_real_ct(tiny_model_dir, shared_data, tmp_path) -> None:
+def test_a_subset_runs_only_on_its_own_slab_of_the_real_ct(tiny_model_dir, example_ct, tmp_path) -> None:
     """The real CT scores about 3.6 (femurs) to 43 (T11). With per-anatomy windows, the kidneys alone
     (window 27-49) run on the upper slices only; the full set and an ungated run use every slice."""
-    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    ct = sitk.ReadImage(str(example_ct))
     model = tmp_path / "per-anatomy"
     shutil.copytree(tiny_model_dir, model)
     manifest = json.loads((model / "manifest.json").read_text())

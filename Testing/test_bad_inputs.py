@@ -4,7 +4,8 @@ Every case is built from the real example data (copied into ``tmp_path``, never 
 place) and run as ``clnet segment CASE -o OUT --model TINY``. For each we check the exit code, that
 an error is exactly one stderr line ``error: ...`` holding a key phrase (no traceback), that the
 input's bytes are unchanged, and that OUT holds no partial output (no segmentation, no temp file).
-The cases themselves are in ``bad_input_cases.py`` (built with ``bad_input_builders.py``).
+Cases built from the CT that ships with clnet run everywhere; those that need ``../shared`` (DICOM, MR)
+skip without it. The cases themselves are in ``bad_input_cases.py`` (built with ``bad_input_builders.py``).
 
 Speed: starting Python and importing torch/monai/clnet costs several seconds per process on a
 loaded machine, which for ~50 cases would blow the test budget. So the cases run through a *fork
@@ -192,8 +193,8 @@ def _params() -> list:
 
 
 @pytest.mark.parametrize("builder", _params())
-def test_bad_input(builder, clnet_cli, shared_data, ct_crop, tiny_model_dir, tmp_path):
-    ctx = Ctx(tmp_path, shared_data, ct_crop, tiny_model_dir)
+def test_bad_input(builder, clnet_cli, shared_data_dir, ct_crop, tiny_model_dir, tmp_path):
+    ctx = Ctx(tmp_path, shared_data_dir, ct_crop, tiny_model_dir)
     case = builder(ctx)
     before = {p: digest(p) for p in case.watch}
     result = clnet_cli(case.argv, case.env, tmp_path)
@@ -217,10 +218,10 @@ def test_case_count():
     assert len(CASES) >= 30
 
 
-@pytest.mark.parametrize("name", ["mr_not_ct"])
-def test_fork_server_matches_spawn(name, clnet_cli, shared_data, ct_crop, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("name", ["mr_not_ct", "three_slices"])
+def test_fork_server_matches_spawn(name, clnet_cli, shared_data_dir, ct_crop, tiny_model_dir, tmp_path):
     """The fork server reports what a fresh ``python -m clnet`` reports (same code, same exit status)."""
-    case = CASES[name][0](Ctx(tmp_path, shared_data, ct_crop, tiny_model_dir))
+    case = CASES[name][0](Ctx(tmp_path, shared_data_dir, ct_crop, tiny_model_dir))
     served = clnet_cli(case.argv, case.env, tmp_path)
     spawned = spawn(case.argv, case.env, tmp_path)
     assert (served.returncode, served.stderr, served.stdout) == (spawned.returncode, spawned.stderr, spawned.stdout)

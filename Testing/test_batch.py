@@ -53,9 +53,9 @@ def micro_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crops(shared_data, tmp_path_factory) -> dict[str, Path]:
+def crops(example_ct, tmp_path_factory) -> dict[str, Path]:
     """Four small crops of the real CT, one file each."""
-    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    ct = sitk.ReadImage(str(example_ct))
     folder = tmp_path_factory.mktemp("crops")
     out = {}
     for cid, (x, y, z) in CROPS.items():

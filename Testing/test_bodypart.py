@@ -35,8 +35,8 @@ def model() -> BodyPartModel:
 
 
 @pytest.fixture(scope="module")
-def ct(shared_data: Path) -> sitk.Image:
-    return sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+def ct(example_ct: Path) -> sitk.Image:
+    return sitk.ReadImage(str(example_ct))
 
 
 @pytest.fixture(scope="module")

@@ -94,10 +94,11 @@ def test_read_formats_roundtrip(shared_data, tmp_path, suffix):
     )
 
 
-def test_read_real_ct_passes_validation(shared_data):
-    loaded = read_image(shared_data / "example_ct.nii.gz")
+def test_read_real_ct_passes_validation(example_ct):
+    loaded = read_image(example_ct)
     assert loaded.image.GetSize() == (122, 101, 112)
     assert validate_ct(loaded.image) == []
+    assert loaded.nifti_xform_codes == (0, 2)  # qform 0, sform 2: what NIfTI outputs will carry
 
 
 def test_read_dicom_series_geometry(shared_data):
@@ -132,7 +133,7 @@ def test_two_series_folder_lists_both_then_selects(shared_data, tmp_path):
     text = str(error)
     assert "1.2.826.0.1.3680043.8.498.1 'first' (20 slices)" in text
     assert "1.2.826.0.1.3680043.8.498.2 'second' (20 slices)" in text
-    assert "--series" in text
+    assert 'series_uid="UID"' in text and "--series UID" in str(error.for_caller("cli"))
     loaded = read_image(folder, series_uid="1.2.826.0.1.3680043.8.498.2")
     assert loaded.series_uid == "1.2.826.0.1.3680043.8.498.2"
     assert len(loaded.dicom_files) == 20 and all(f.name.startswith("second") for f in loaded.dicom_files)
@@ -228,9 +229,22 @@ def test_mr_refused_unless_forced(shared_data):
     mr = read_image(path).image
     with pytest.raises(InputError, match="does not look like a CT") as info:
         validate_ct(mr)
-    assert "--force" in str(info.value)
+    assert "force=True" in str(info.value)
     warnings = validate_ct(mr, force=True)
     assert len(warnings) == 1 and "does not look like a CT" in warnings[0]
+
+
+def test_refusal_names_the_option_as_the_caller_spells_it():
+    not_ct = sitk.Cast(ct_like(), sitk.sitkFloat32) + 1500.0  # no air: values 500..2200
+    with pytest.raises(InputError) as info:
+        validate_ct(not_ct)
+    python_words, cli_words = str(info.value), str(info.value.for_caller("cli"))
+    assert "`force=True`" in python_words and "--force" not in python_words
+    assert "`--force`" in cli_words and "force=True" not in cli_words
+    assert info.value.for_caller("cli").exit_code == info.value.exit_code
+    assert type(info.value.for_caller("cli")) is InputError
+    plain = InputError("No {placeholder} here {force}.")  # without settings the text stays as written
+    assert str(plain.for_caller("cli")) == "No {placeholder} here {force}."
 
 
 def test_nan_volume():
@@ -385,9 +399,13 @@ def test_dicom_seg_roundtrip(shared_data, tmp_path):
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(series.image)
     path = tmp_path / "seg.dcm"
-    write_dicom_seg(labels, series.dicom_files, ANATOMIES, path)
+    warnings = write_dicom_seg(labels, series.dicom_files, ANATOMIES, path)
     seg = hd.seg.segread(str(path))
     assert seg.number_of_segments == 2
+    assert str(seg.ContentCreatorName) == "CLNet^automatic"
+    # The example series has no Study/Series UIDs: the SEG references invented ones, and says so.
+    assert len(warnings) == 2 and all("invented" in w and "PACS" in w for w in warnings)
+    assert {w.split()[4] for w in warnings} == {"StudyInstanceUID", "SeriesInstanceUID"}
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Right kidney", "Liver"]
     kidney = seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
     assert kidney.CodeValue == "64033007"
@@ -448,8 +466,8 @@ def test_preview_png(shared_data, tmp_path):
         assert png.format == "PNG" and png.mode == "RGB"
         width, height = png.size
         pixels = np.asarray(png)
-    # 366 x 303 mm axial next to a 366 x 90 mm coronal, scaled to 512 px for the longest side.
-    assert width == 512 * 2 + 4 and height == round(303 * 512 / 366)
+    # 30 slices of 3 mm (90 mm) under a 366 mm wide body: three axial panels, not a thin coronal strip.
+    assert width > 3 * 400 and 300 < height < width
     coloured = np.abs(pixels[..., 0].astype(int) - pixels[..., 1]) > 20
     assert coloured.any(), "label overlay should tint some pixels"
 

@@ -61,9 +61,9 @@ def test_tiling_region_maps_the_box_onto_a_flipped_grid_with_margin_and_minimum_
 
 
 @pytest.fixture(scope="module")
-def demo_runs(shared_data):
+def demo_runs(example_ct):
     seg = Segmenter(device="cpu")  # the bundled demo model (trained; finds the bladder in this CT)
-    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    ct = sitk.ReadImage(str(example_ct))
     return seg, ct, {loc: seg.segment(ct, anatomies=["UrinaryBladder"], locate=loc) for loc in (False, True, None)}
 
 

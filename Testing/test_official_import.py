@@ -22,7 +22,6 @@ from clnet.errors import ModelError
 from clnet.official import import_official
 from clnet.official.plans import head_anatomies, window_from_range
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRAINER = "clNetTrainerV2_SelectiveChannelDA_Continual_Decoding_Ensemble__clNetPlans"
 POOL = [[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
 KERNELS = [[1, 3, 3]] + [[3, 3, 3]] * 5
@@ -400,13 +399,11 @@ def test_cli(official_tree, tmp_path, capsys):
     assert main(["import-official", str(official_tree["root"]), "-o", str(out), "-q"]) == 2  # exists: no overwrite
 
 
-def test_end_to_end_segmenter(official_tree, tmp_path):
+def test_end_to_end_segmenter(official_tree, ct_crop, tmp_path):
     import SimpleITK as sitk
     from clnet.catalog import load_catalog
     from clnet.inference import Segmenter
 
-    if not (SHARED_DATA / "example_ct.nii.gz").is_file():
-        pytest.skip(f"shared example data not found at {SHARED_DATA}")
     # The official patch (112, 96, 128) would work too; a config keeps the CPU run short.
     cfg = {"GeneralEncoder": {"task": "Task001_SuperGeneralEncoder", "type": "GeneralEncoder"}}
     for head, (task, fold_dir, *_rest) in HEADS.items():
@@ -417,7 +414,7 @@ def test_end_to_end_segmenter(official_tree, tmp_path):
     out = tmp_path / "model"
     import_official(official_tree["root"], out, config=tmp_path / "cfg.json")
 
-    img = sitk.ReadImage(str(SHARED_DATA / "example_ct.nii.gz"))[30:94, 20:76, 50:90]
+    img = sitk.ReadImage(str(ct_crop))  # the real CT, cropped to 64×56×40
     result = Segmenter(out, device="cpu").segment(img, force=True)
     lab = result.labels
     assert lab.GetSize() == img.GetSize()

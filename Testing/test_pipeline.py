@@ -226,14 +226,14 @@ def test_decoders_with_their_own_preprocessing_run_as_groups(tiny_model_dir, ct,
     assert values & spine
 
 
-def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, shared_data, tmp_path):
+def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, example_ct, tmp_path):
     """The real CT's slices 50-89 (full width, so the body-part model sees whole slices) score
     about 21-36: a decoder windowed to the head (80-105) never runs; a decoder windowed to the
     abdomen decides exactly as it does ungated."""
     import json
     import shutil
 
-    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))[:, :, 50:90]
+    ct = sitk.ReadImage(str(example_ct))[:, :, 50:90]
     model = tmp_path / "gated"
     shutil.copytree(tiny_model_dir, model)
     manifest = json.loads((model / "manifest.json").read_text())
@@ -258,10 +258,10 @@ def test_bodypart_gating_skips_decoders_outside_their_window(tiny_model_dir, sha
     assert set(np.unique(ungated.array()).tolist()) & spine
 
 
-def test_flip_invariance_holds_with_the_body_crop(segmenter, shared_data):
+def test_flip_invariance_holds_with_the_body_crop(segmenter, example_ct):
     """On the whole CT (air around the body, so the body box is smaller than the image) a
     flipped copy still gives the same labels voxel for voxel (fast mode keeps it quick)."""
-    whole = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))
+    whole = sitk.ReadImage(str(example_ct))
     ref = segmenter.segment(whole, fast=True)
     for axis in (0, 1):
         flipped = flipped_same_world(whole, axis)

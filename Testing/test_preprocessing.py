@@ -89,10 +89,10 @@ def old_prepare(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
     return normalize_ct(sitk.GetArrayFromImage(res), prep.normalization)
 
 
-def test_copy_free_preparation_equals_orient_crop_resample(shared_data):
+def test_copy_free_preparation_equals_orient_crop_resample(example_ct):
     """Same grid and same values (the crop's outermost half voxel may read its true neighbours
     instead of repeating the border: at most a few HU there, none inside)."""
-    ct = sitk.ReadImage(str(shared_data / "example_ct.nii.gz"))  # stored RAS: x and y are flipped
+    ct = sitk.ReadImage(str(example_ct))  # stored RAS: x and y are flipped
     prep = Preprocessing(spacing_zyx=(2.0, 2.5, 1.7), patch_size_zyx=(32, 64, 64),
                          normalization=Normalization(-1024, 1500, -300.0, 500.0))
     new = prepare(ct, prep)

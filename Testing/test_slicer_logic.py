@@ -53,8 +53,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ct_path(shared_data) -> Path:
-    return shared_data / "example_ct.nii.gz"
+def ct_path(example_ct) -> Path:
+    return example_ct
 
 
 @pytest.fixture(scope="module")

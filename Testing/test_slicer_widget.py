@@ -216,7 +216,7 @@ def _stub_app(monkeypatch, slicer, scene, errors: list[str]) -> None:
     monkeypatch.delitem(sys.modules, "CLNetSegmentation", raising=False)
 
 
-def test_module_widget_runs_segment_and_cancel(app, monkeypatch, tmp_path, shared_data):
+def test_module_widget_runs_segment_and_cancel(app, monkeypatch, tmp_path, example_ct):
     slicer = pytest.importorskip("slicer")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("needs slicer-core")
@@ -237,7 +237,7 @@ def test_module_widget_runs_segment_and_cancel(app, monkeypatch, tmp_path, share
     scene = slicer.vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(shared_data / "example_ct.nii.gz"))
+    storage.SetFileName(str(example_ct))
     assert storage.ReadData(volume)
     errors: list[str] = []
     _stub_app(monkeypatch, slicer, scene, errors)

@@ -61,8 +61,9 @@ def segment_and_evaluate(model: Path, ct: Path, ref: Path, out_dir: Path) -> tup
     """Run the CLI exactly as a user would; returns Dice per anatomy the model outputs and the commands."""
     seg_cmd = [sys.executable, "-m", "clnet", "segment", str(ct), "-o", str(out_dir), "--model", str(model), "-q"]
     subprocess.run(seg_cmd, check=True)
-    eval_cmd = [sys.executable, "-m", "clnet", "evaluate", str(out_dir / "segmentation.nii.gz"), str(ref), "--json"]
-    rows = json.loads(subprocess.run(eval_cmd, check=True, capture_output=True, text=True).stdout)
+    eval_cmd = [sys.executable, "-m", "clnet", "evaluate", str(out_dir / "segmentation.nii.gz"), str(ref), "--json",
+                "--no-distances"]
+    rows = json.loads(subprocess.run(eval_cmd, check=True, capture_output=True, text=True).stdout)["anatomies"]
     return {r["name"]: round(float(r["dice"]), 4) for r in rows}, [" ".join(seg_cmd[1:]), " ".join(eval_cmd[1:])]
 
 

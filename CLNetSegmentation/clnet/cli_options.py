@@ -9,7 +9,9 @@ FORMAT_CHOICES = ["nifti", "seg.nrrd", "masks", "dicom-seg"]
 
 def add_segment_options(p: argparse.ArgumentParser) -> None:
     """What to segment, how, and which files to write (everything but the input and -o)."""
-    p.add_argument("--anatomies", nargs="+", metavar="NAME", help="catalog names (see `clnet anatomies`)")
+    p.add_argument("--anatomies", nargs="+", metavar="NAME",
+                   help="anatomies by catalog name (Kidney_L), display name (\"Left kidney\") or TotalSegmentator "
+                        "name (kidney_left); `clnet anatomies` lists them")
     p.add_argument("--regions", nargs="+", metavar="REGION", help="e.g. thorax abdomen skeleton")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
@@ -20,9 +22,14 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
                         "slab instead (the coarse pass runs by default for subsets in normal mode)")
     p.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
     p.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
-    p.add_argument("--formats", nargs="+", default=["nifti"], choices=FORMAT_CHOICES)
-    p.add_argument("--stats", action="store_true", help="write statistics.csv (volume, HU per anatomy)")
-    p.add_argument("--preview", action="store_true", help="write preview.png")
+    p.add_argument("--formats", nargs="+", default=["nifti"], choices=FORMAT_CHOICES, metavar="FORMAT",
+                   help="one or more of: nifti (segmentation.nii.gz, default), seg.nrrd (Slicer segmentation), "
+                        "masks (masks/NAME.nii.gz for every requested anatomy, empty when not found), "
+                        "dicom-seg (for a DICOM input)")
+    p.add_argument("--stats", action="store_true",
+                   help="write statistics.csv and statistics.json (volume, HU per anatomy)")
+    p.add_argument("--preview", action="store_true",
+                   help="write preview.png (slices with the labels, orientation letters and a legend)")
     p.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
     p.add_argument("--force", action="store_true", help="run even if the image does not look like a CT")

@@ -4,33 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
-from .errors import ClnetError
-from .inference.segmenter import SegmentationResult
+from .catalog.anatomy import NAME_STYLES
+from .errors import ClnetError, Setting
 from .io import (
     LoadedImage,
     anatomy_statistics,
     check_output_folder,
+    statistics_json,
     write_json,
     write_label_image,
     write_preview_png,
     write_seg_nrrd,
     write_statistics_csv,
+    write_statistics_json,
 )
 
+if TYPE_CHECKING:
+    from .inference.segmenter import SegmentationResult
+
 FORMATS = ("nifti", "seg.nrrd", "masks", "dicom-seg")
+_FORMATS_OPTION = Setting("--formats", "formats")
+_NAMES_OPTION = Setting("--names", "names")
 
 
-def check_output_request(out_dir: str | Path, source: LoadedImage | sitk.Image, formats: Sequence[str]) -> None:
+def check_output_request(out_dir: str | Path, source: LoadedImage | sitk.Image, formats: Sequence[str],
+                         names: str = "catalog") -> None:
     """Everything about the requested outputs that can be checked before any work or any write."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ClnetError(f"Unknown output format(s) {unknown}.", f"Choose from {', '.join(FORMATS)}.")
+    if names not in NAME_STYLES:
+        raise ClnetError(f"Unknown naming style {names!r} for {{names}}.", f"Choose {' or '.join(NAME_STYLES)}.",
+                         settings={"names": _NAMES_OPTION})
     if "dicom-seg" in formats and (not isinstance(source, LoadedImage) or not source.dicom_files):
         raise ClnetError("DICOM-SEG output needs a DICOM series as input.",
-                         "Drop dicom-seg from --formats, or give the DICOM folder as input.")
+                         "Drop dicom-seg from {formats}, or give the DICOM folder as input.",
+                         settings={"formats": _FORMATS_OPTION})
     check_output_folder(Path(out_dir))
 
 
@@ -41,39 +54,47 @@ def save_result(
     formats: Sequence[str] = ("nifti",),
     stats: bool = False,
     preview: bool = False,
+    names: str = "catalog",
 ) -> dict[str, Path]:
     """Write the chosen outputs (each one atomically) and return their paths.
 
-    ``segmentation.json`` (labels, model, settings) is always written.
+    ``segmentation.json`` (labels, model, settings, warnings) is always written, last.
+    ``masks`` writes one file per requested anatomy, an empty mask when it was not found (as
+    TotalSegmentator does), so a script finds every file it asked for. ``names`` picks the mask file
+    names and the keys of ``statistics.json``: ``catalog`` (``Kidney_L``) or ``totalsegmentator``
+    (``kidney_left``). NIfTI outputs keep a NIfTI input's qform/sform codes. Warnings that writing
+    raises (e.g. invented DICOM references) are added to ``result.warnings``.
     """
-    check_output_request(out_dir, source, formats)
+    check_output_request(out_dir, source, formats, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image = source.image if isinstance(source, LoadedImage) else source
+    codes = source.nifti_xform_codes if isinstance(source, LoadedImage) else None
     written: dict[str, Path] = {}
     if "nifti" in formats:
         written["nifti"] = out / "segmentation.nii.gz"
-        write_label_image(result.labels, written["nifti"])
+        write_label_image(result.labels, written["nifti"], xform_codes=codes)
     if "seg.nrrd" in formats:
         written["seg.nrrd"] = out / "segmentation.seg.nrrd"
         write_seg_nrrd(result.labels, result.present, written["seg.nrrd"])
     if "masks" in formats:
         masks = out / "masks"
         masks.mkdir(exist_ok=True)
-        for a in result.present:
+        for a in result.requested:
             mask = sitk.Cast(result.labels == a.label, sitk.sitkUInt8)
-            write_label_image(mask, masks / f"{a.name}.nii.gz")
+            write_label_image(mask, masks / f"{a.name_in(names)}.nii.gz", xform_codes=codes)
         written["masks"] = masks
     if "dicom-seg" in formats:
         from .io import write_dicom_seg
 
         written["dicom-seg"] = out / "segmentation.dcm"
-        write_dicom_seg(result.labels, source.dicom_files, result.present, written["dicom-seg"])
+        result.warnings.extend(write_dicom_seg(result.labels, source.dicom_files, result.present,
+                                               written["dicom-seg"]))
     if result.decoder_labels:
         heads_dir = out / "decoders"
         heads_dir.mkdir(exist_ok=True)
         for head, img in result.decoder_labels.items():
-            write_label_image(img, heads_dir / f"{head}.nii.gz")
+            write_label_image(img, heads_dir / f"{head}.nii.gz", xform_codes=codes)
         written["decoders"] = heads_dir
     if stats:
         rows = anatomy_statistics(
@@ -82,11 +103,15 @@ def save_result(
         )
         written["stats"] = out / "statistics.csv"
         write_statistics_csv(written["stats"], rows)
+        written["stats_json"] = out / "statistics.json"
+        write_statistics_json(written["stats_json"],
+                              statistics_json(rows, result.requested, key=lambda a: a.name_in(names)))
     if preview:
         written["preview"] = out / "preview.png"
         write_preview_png(image, result.labels, result.present, written["preview"])
     written["json"] = out / "segmentation.json"
     payload = result.label_map()
     payload["outputs"] = {k: v.name for k, v in written.items() if k != "json"}
+    payload["names"] = names
     write_json(written["json"], payload)
     return written

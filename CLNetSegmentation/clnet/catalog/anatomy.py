@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .terminology import Terminology
+
+#: Naming styles for output files (:meth:`Anatomy.name_in`).
+NAME_STYLES = ("catalog", "totalsegmentator")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,26 @@ class Anatomy:
     terminology: Terminology | None
     aliases: tuple[str, ...] = field(default=())
     source: str = ""
+
+    @property
+    def totalsegmentator_name(self) -> str:
+        """The name TotalSegmentator gives this structure (``kidney_left``), or one in its style.
+
+        The catalog lists TotalSegmentator's class name first among the aliases where it has one
+        (``docs/catalog.md``); other anatomies get their display name in the same snake_case
+        (``Middle ear (left)`` → ``middle_ear_left``).
+        """
+        if self.aliases:
+            return self.aliases[0]
+        return "_".join(re.findall(r"[a-z0-9]+", self.display_name.lower()))
+
+    def name_in(self, style: str) -> str:
+        """The anatomy's name in a naming ``style``: ``catalog`` (``Kidney_L``) or ``totalsegmentator``."""
+        if style == "catalog":
+            return self.name
+        if style == "totalsegmentator":
+            return self.totalsegmentator_name
+        raise ValueError(f"unknown naming style {style!r} (catalog or totalsegmentator)")
 
     def to_dict(self, available: bool | None = None) -> dict:
         d = {

@@ -62,6 +62,11 @@ def _key(text: str) -> str:
     return text.strip().lower()
 
 
+def _loose_key(text: str) -> str:
+    """Order- and punctuation-free key: ``Left kidney``, ``kidney-left`` and ``Kidney (left)`` agree."""
+    return " ".join(sorted(re.findall(r"[a-z0-9]+", text.lower())))
+
+
 def _region_key(text: str) -> str:
     """Region lookup key: lower case, runs of non-alphanumerics collapsed to ``-``."""
     return re.sub(r"[^a-z0-9]+", "-", text.strip().lower().replace("&", " and ")).strip("-")
@@ -70,7 +75,7 @@ def _region_key(text: str) -> str:
 class Catalog:
     """An immutable, label-ordered collection of :class:`Anatomy` records."""
 
-    __slots__ = ("_anatomies", "_by_key", "_by_label", "_regions")
+    __slots__ = ("_anatomies", "_by_key", "_by_label", "_by_loose_key", "_regions")
 
     def __init__(self, anatomies: Iterable[Anatomy]) -> None:
         items = tuple(sorted(anatomies, key=lambda a: a.label))
@@ -84,11 +89,18 @@ class Catalog:
                 other = by_key.setdefault(k, a)
                 if other is not a:
                     raise ValueError(f"'{k}' names both {other.name} and {a.name}")
+        # Second chance for names typed in another word order or punctuation; a loose key that
+        # two anatomies share would be ambiguous, so it is left out.
+        loose: dict[str, Anatomy | None] = {}
+        for k, a in by_key.items():
+            lk = _loose_key(k)
+            loose[lk] = a if loose.get(lk, a) is a else None
         regions: dict[str, None] = {}
         for a in items:
             regions.setdefault(a.region, None)
         self._anatomies = items
         self._by_key = by_key
+        self._by_loose_key = {k: a for k, a in loose.items() if a is not None and k}
         self._by_label = by_label
         self._regions = tuple(regions)
 
@@ -99,7 +111,7 @@ class Catalog:
         return iter(self._anatomies)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _key(name) in self._by_key
+        return isinstance(name, str) and self.get(name) is not None
 
     def __repr__(self) -> str:
         return f"Catalog({len(self)} anatomies, {len(self._regions)} regions)"
@@ -111,10 +123,12 @@ class Catalog:
 
     def get(self, name: str) -> Anatomy | None:
         """Like :meth:`by_name` but returns ``None`` for an unknown name."""
-        return self._by_key.get(_key(name))
+        found = self._by_key.get(_key(name))
+        return found if found is not None else self._by_loose_key.get(_loose_key(name))
 
     def by_name(self, name: str) -> Anatomy:
-        """Anatomy by name, display name or alias (case-insensitive).
+        """Anatomy by name, display name or alias, case-insensitive; word order and punctuation do not
+        matter either (``Left kidney``, ``kidney-left`` and ``Kidney (left)`` all name Kidney_L).
 
         Raises :class:`~clnet.errors.ClnetError` with up to three close matches when unknown.
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import time
@@ -42,6 +43,47 @@ def check_output_folder(folder: Path) -> None:
                           "Choose another output location or fix its permissions.")
 
 
+def prepare_output_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` (and its parents) and prove it takes a file, before any long work.
+
+    A permission check alone is not enough (root may "write" to ``/proc``; a full or read-only disk
+    passes it too), so a small probe file is created and removed. Returns the folders this call
+    created, deepest first, so a caller whose run fails can remove them again (:func:`remove_empty`).
+    """
+    folder = Path(folder).expanduser()
+    check_output_folder(folder)  # the clearer messages for a file in the way or a read-only parent
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    _prepare_folder(folder)
+    test = folder / f".clnet-write-test-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"clnet")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        remove_empty(missing)
+        raise OutputError(
+            f"Cannot write into output folder '{folder}' ({exc.strerror or exc}).",
+            "Choose another output location, or free disk space / fix its permissions.",
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            test.unlink()
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder that is (still) empty, deepest first; others are left alone."""
+    for f in folders:
+        with contextlib.suppress(OSError):
+            f.rmdir()
+
+
 def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> None:
     """Remove temp files a killed earlier write of ``path`` left behind (same naming, old enough)."""
     now = time.time()
@@ -52,11 +94,16 @@ def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> No
 
 
 def _prepare_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"Output location '{folder}' exists and is not a folder.", "Choose another output folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT:  # the parent is there (checked before), yet nothing can be made in it
+            reason = "that file system does not allow new folders there"
         raise OutputError(
-            f"Cannot create output folder '{folder}' ({exc.strerror or exc}).",
+            f"Cannot create output folder '{folder}' ({reason}).",
             "Choose another output location or fix its permissions.",
         ) from None
     if not folder.is_dir():

@@ -16,6 +16,8 @@ from .atomic import atomic_write
 # Used when an anatomy has no coded terminology: "Anatomical structure" is valid for both slots.
 _FALLBACK_CODE = Code("SCT", "91723000", "Anatomical Structure")
 _MANUFACTURER = "CLNet"
+# Content Creator's Name (0070,0084) is a person name; for an automatic result it names the software.
+_CONTENT_CREATOR = "CLNet^automatic"
 
 
 def _import_highdicom():
@@ -42,33 +44,48 @@ def _coded(hd, code: Code):
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def _load_sources(pydicom, dicom_files: Sequence[Path]) -> list:
-    """Read source headers; fill UIDs that anonymisers blank out (in memory only, files untouched)."""
+def _load_sources(pydicom, dicom_files: Sequence[Path]) -> tuple[list, list[str]]:
+    """Read source headers; fill UIDs that anonymisers blank out (in memory only, files untouched).
+
+    Returns the datasets and one warning per kind of UID that had to be invented: a SEG that
+    references invented UIDs cannot be linked to its CT by a PACS, and the user must know that.
+    """
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in dicom_files]
     first = datasets[0]
     anchor = [str(first.get("FrameOfReferenceUID", "")), str(dicom_files[0].parent)]
     # Deterministic fillers so that every slice (and a rerun) agrees on the same study/series.
     study = first.get("StudyInstanceUID") or pydicom.uid.generate_uid(entropy_srcs=["study", *anchor])
     series = first.get("SeriesInstanceUID") or pydicom.uid.generate_uid(entropy_srcs=["series", *anchor])
+    invented: dict[str, int] = {}
     for ds, path in zip(datasets, dicom_files):
         meta = getattr(ds, "file_meta", None)
         if not ds.get("SOPClassUID") and meta is not None:
             ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
         if not ds.get("SOPInstanceUID"):
             uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
+            if not uid:
+                invented["SOPInstanceUID"] = invented.get("SOPInstanceUID", 0) + 1
             ds.SOPInstanceUID = uid or pydicom.uid.generate_uid(entropy_srcs=["sop", str(path)])
-        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or study
-        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or series
-    return datasets
+        for keyword, filler in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+            if not ds.get(keyword):
+                invented[keyword] = invented.get(keyword, 0) + 1
+                setattr(ds, keyword, filler)
+    warnings = [
+        f"The DICOM series lacks {keyword} in {count} of {len(datasets)} files; the DICOM-SEG references an "
+        "invented one, so a PACS cannot link it to its CT."
+        for keyword, count in invented.items()
+    ]
+    return datasets, warnings
 
 
 def write_dicom_seg(
     labels: sitk.Image, dicom_files: Sequence[Path], anatomies: Sequence[Anatomy], path: Path
-) -> None:
-    """Write a BINARY DICOM-SEG with one segment per anatomy present in ``labels``.
+) -> list[str]:
+    """Write a BINARY DICOM-SEG with one segment per anatomy present in ``labels``; return warnings.
 
     ``labels`` must be on the grid of the series: slice ``k`` of the image is ``dicom_files[k]``
-    (the order :func:`clnet.io.read_image` returns).
+    (the order :func:`clnet.io.read_image` returns). The warnings say which referenced UIDs had to
+    be invented because the source files lack them.
     """
     hd, pydicom = _import_highdicom()
     size = labels.GetSize()
@@ -119,7 +136,7 @@ def write_dicom_seg(
             ]
         descriptions.append(description)
 
-    sources = _load_sources(pydicom, dicom_files)
+    sources, warnings = _load_sources(pydicom, dicom_files)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
@@ -134,5 +151,7 @@ def write_dicom_seg(
         software_versions=_version(),
         device_serial_number="0",
         series_description="CLNet segmentation",
+        content_creator_name=_CONTENT_CREATOR,
     )
     atomic_write(Path(path), lambda tmp: seg.save_as(str(tmp)))
+    return warnings

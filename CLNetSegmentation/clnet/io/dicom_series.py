@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, Setting
+
+SERIES = Setting("--series UID", 'series_uid="UID"')
 
 _TAG_SERIES_UID = "0020|000e"
 _TAG_DESCRIPTION = "0008|103e"
@@ -78,14 +80,14 @@ def select_series(folder: Path, series_uid: str | None) -> tuple[str, list[Path]
             listing = "; ".join(_describe(folder, uid) for uid in uids)
             raise InputError(
                 f"Folder '{folder}' contains {len(uids)} DICOM series: {listing}.",
-                "Choose one: pass `--series UID` (series_uid=... in Python).",
+                "Choose one: pass {series}.", settings={"series": SERIES},
             )
         series_uid = uids[0]
     elif series_uid not in uids:
         listing = "; ".join(_describe(folder, uid) for uid in uids)
         raise InputError(
             f"Series '{series_uid}' is not in folder '{folder}'; it holds: {listing}.",
-            "Pass one of the listed UIDs with `--series UID`.",
+            "Pass one of the listed UIDs as {series}.", settings={"series": SERIES},
         )
     files = [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)]
     return series_uid, files
@@ -122,7 +124,8 @@ def check_slice_spacing(files: list[Path]) -> None:
         raise InputError(
             f"DICOM series has duplicate slices: slices {i_min} and {i_min + 1} are both at "
             f"{positions[i_min]:.2f} mm along the slice normal.",
-            "The folder probably mixes two acquisitions; export the series again or pick one with `--series UID`.",
+            "The folder probably mixes two acquisitions; export the series again or pick one with {series}.",
+            settings={"series": SERIES},
         )
     uneven = abs_gaps.max() - abs_gaps.min() > _GAP_TOLERANCE * median
     if uneven or not (np.all(gaps > 0) or np.all(gaps < 0)):

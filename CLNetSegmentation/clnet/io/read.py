@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .dicom_series import check_slice_spacing, is_dicom_file, select_series, series_uid_of_file
 from .integrity import check_nifti_complete, check_nrrd_text_encoding
+from .nifti_header import read_xform_codes
 from .validate import validate_ct
 
 __all__ = ["LoadedImage", "read_image", "validate_ct"]
@@ -39,6 +40,8 @@ class LoadedImage:
     source_format: str
     dicom_files: list[Path] | None = None
     series_uid: str | None = None
+    #: ``(qform_code, sform_code)`` of a NIfTI input, for outputs to carry (ITK drops them)
+    nifti_xform_codes: tuple[int, int] | None = None
 
 
 def _extension(path: Path) -> str:
@@ -59,7 +62,10 @@ def read_image(path: str | Path, series_uid: str | None = None) -> LoadedImage:
         return _read_dicom(path, series_uid)
     ext = _extension(path)
     if ext in _FORMATS:
-        return LoadedImage(_read_file(path, _FORMATS[ext]), path, _FORMATS[ext])
+        fmt = _FORMATS[ext]
+        image = _read_file(path, fmt)  # checks the file first, so the header read below is safe
+        codes = read_xform_codes(path) if fmt == "nifti" else None
+        return LoadedImage(image, path, fmt, nifti_xform_codes=codes)
     if is_dicom_file(path) or (ext in _DICOM_SUFFIXES and _gdcm_can_read(path)):
         uid = series_uid if series_uid is not None else series_uid_of_file(path)
         return _read_dicom(path.parent, uid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def anatomy_statistics(
                 "region": anatomy.region,
                 "voxels": int(counts[k]),
                 "volume_ml": round(float(counts[k]) * voxel_ml, 3),
+                "volume_mm3": round(float(counts[k]) * voxel_ml * 1000.0, 3),
                 "mean_hu": round(float(means[k]), 2),
                 "std_hu": round(float(stds[k]), 2),
                 "min_hu": float(mins[k]),
@@ -67,6 +69,29 @@ def anatomy_statistics(
             }
         )
     return rows
+
+
+def statistics_json(rows: Sequence[dict], anatomies: Sequence[Anatomy], key=lambda a: a.name) -> dict:
+    """TotalSegmentator's ``statistics.json`` layout: ``{name: {"volume": mm³, "intensity": mean HU}}``.
+
+    Every anatomy in ``anatomies`` (the requested ones) gets an entry; one that is absent has volume
+    and intensity 0.0, as TotalSegmentator writes them. ``key`` gives the entry's name. Unlike
+    TotalSegmentator, anatomies touching the image border are not zeroed: their volume is what
+    the image holds.
+    """
+    by_label = {r["label"]: r for r in rows}
+    out: dict[str, dict[str, float]] = {}
+    for anatomy in sorted(anatomies, key=lambda a: a.label):
+        row = by_label.get(anatomy.label)
+        out[key(anatomy)] = {"volume": float(row["volume_mm3"]) if row else 0.0,
+                             "intensity": float(row["mean_hu"]) if row else 0.0}
+    return out
+
+
+def write_statistics_json(path: Path, stats: dict) -> None:
+    """Write :func:`statistics_json`'s result atomically (UTF-8, indent 4 like TotalSegmentator)."""
+    text = json.dumps(stats, indent=4) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_statistics_csv(path: Path, rows: Sequence[dict]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, Setting
 
 MIN_VOXELS_PER_AXIS = 8
 MAX_SPACING_MM = 20.0
@@ -15,6 +15,7 @@ _SAMPLE_VOXELS = 2_000_000
 _AIR_PERCENTILE_MAX_HU = -500.0
 _MIN_RANGE_HU = 500.0
 _COARSE_SLICE_MM = 5.0
+FORCE = Setting("--force", "force=True")
 
 
 def _strided_sample(array: np.ndarray) -> np.ndarray:
@@ -77,8 +78,7 @@ def validate_ct(image: sitk.Image, force: bool = False) -> list[str]:
             "a CT has air near -1000 HU); it may be an MR or unscaled data."
         )
         if not force:
-            raise InputError(
-                message, "If it really is a CT in HU, pass `--force` (force=True) to segment it anyway."
-            )
-        warnings.append(message + " Continuing because --force was given.")
+            raise InputError(message, "If it really is a CT in HU, pass {force} to segment it anyway.",
+                             settings={"force": FORCE})
+        warnings.append(message + " Segmenting it anyway, as forced.")
     return warnings

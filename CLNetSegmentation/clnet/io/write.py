@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from ..errors import OutputError
 from .atomic import atomic_write
+from .nifti_header import write_nifti
 from .seg_nrrd import write_seg_nrrd
 
 __all__ = ["atomic_write", "write_json", "write_label_image", "write_seg_nrrd"]
@@ -18,15 +19,24 @@ __all__ = ["atomic_write", "write_json", "write_label_image", "write_seg_nrrd"]
 _LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def write_label_image(labels: sitk.Image, path: Path) -> None:
-    """Write a label map (compressed NIfTI, NRRD or MHA, chosen by extension), keeping its pixel type."""
+def write_label_image(labels: sitk.Image, path: Path, xform_codes: tuple[int, int] | None = None) -> None:
+    """Write a label map (compressed NIfTI, NRRD or MHA, chosen by extension), keeping its pixel type.
+
+    ``xform_codes``: the ``(qform_code, sform_code)`` a NIfTI output should carry (the input's, see
+    :mod:`clnet.io.nifti_header`); ITK's own (1, 1) otherwise, and for other formats it is ignored.
+    """
     path = Path(path)
     if not path.name.lower().endswith(_LABEL_SUFFIXES):
         raise OutputError(
             f"Unsupported label image extension for '{path}'.",
             "Use .nii.gz, .nii, .nrrd or .mha (or .seg.nrrd / .dcm for the Slicer / DICOM-SEG outputs).",
         )
-    atomic_write(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
+    is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+
+    if is_nifti:
+        atomic_write(path, lambda tmp: write_nifti(labels, tmp, xform_codes))
+    else:
+        atomic_write(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
 
 
 def _json_default(value: Any) -> Any:

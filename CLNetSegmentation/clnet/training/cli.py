@@ -7,9 +7,8 @@ import logging
 import sys
 
 from ..errors import ClnetError
-from .common import parse_decoder_spec, split_names
-from .trainer import TrainConfig
-from .transforms import AugmentConfig
+
+# The training code (torch, monai) is imported inside the handlers, so `clnet train --help` is instant.
 
 
 def _optim_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
@@ -47,7 +46,10 @@ def _optim_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _config(args: argparse.Namespace, default_patch) -> TrainConfig:
+def _config(args: argparse.Namespace, default_patch):
+    from .trainer import TrainConfig
+    from .transforms import AugmentConfig
+
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, patch_size_zyx=tuple(args.patch or default_patch),
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -63,6 +65,7 @@ def _setup_logging() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .common import parse_decoder_spec
     from .stage1 import train_new_model
 
     _setup_logging()
@@ -85,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_add_decoder(args: argparse.Namespace) -> int:
     from ..checkpoint import read_manifest
     from .add_decoder import add_decoder
+    from .common import split_names
 
     _setup_logging()
     patch = read_manifest(args.model).preprocessing.patch_size_zyx
