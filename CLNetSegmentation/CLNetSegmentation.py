@@ -6,6 +6,7 @@ This file stays thin: the logic, the MRML import, the anatomy tree and the panel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -13,13 +14,14 @@ import qt
 import slicer
 from clnet.catalog import load_catalog
 from clnet.errors import CancelledError, ClnetError
-from CLNetSegmentationLib import CLNetSegmentationLogic, SegmentationJob
+from CLNetSegmentationLib import CLNetSegmentationLogic, SegmentationJob, metadata
 from CLNetSegmentationLib.anatomy_tree import AnatomyTreeModel
 from CLNetSegmentationLib.dependencies import DependencyError, ensureDependencies
 from CLNetSegmentationLib.environment import installModel, modelChoices, torchSummary
+from CLNetSegmentationLib.logic import outcomeText
 from CLNetSegmentationLib.panel import PRESET_PLACEHOLDER, Panel
 from CLNetSegmentationLib.qt_compat import value as qtValue
-from CLNetSegmentationLib.slicer_widgets import loadSelfTest, makeNodeSelector
+from CLNetSegmentationLib.slicer_widgets import loadSelfTest, loadTerminology, makeNodeSelector
 from CLNetSegmentationLib.tree_widget import AnatomyTreeWidget
 from CLNetSegmentationLib.volume import findFirstCt
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -40,13 +42,11 @@ class CLNetSegmentation(ScriptedLoadableModule):
         self.parent.title = "CLNet Segmentation"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["CLNet Segmentation contributors"]
-        self.parent.helpText = (
-            "Segment up to 235 anatomies (organs, bones, vessels, lymph-node stations) in CT with a "
-            "CL-Net model. Pick anatomies, press Segment; the result is an editable segmentation. "
-            "Not for clinical use unless the loaded model says otherwise."
-        )
-        self.parent.acknowledgementText = "CL-Net by its original authors; the clnet engine, wrapped for Slicer."
+        self.parent.contributors = list(metadata.CONTRIBUTORS)
+        self.parent.helpText = metadata.HELP_TEXT
+        self.parent.acknowledgementText = metadata.ACKNOWLEDGEMENT_TEXT
+        # Our terminology context (all 235 anatomies) must be known before segments are shown.
+        slicer.app.connect("startupCompleted()", loadTerminology)
 
 
 @parameterNodeWrapper
@@ -97,12 +97,17 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         p.environmentLabel.setText(torchSummary())
+        loadTerminology()
         self.initializeParameterNode()
         self._refreshModels()
 
     def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        job, self._job = self._job, None
+        if job is not None:  # Slicer is closing or the module reloads: stop the worker, drop its folder
+            job.cancel()
+            job.wait(timeout=job.graceSeconds + 2)
+            with contextlib.suppress(Exception):
+                job.finish()
         self.timer.stop()
         self.removeObservers()
         self._setParameterNode(None)
@@ -115,6 +120,8 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel("The scene was closed, so the segmentation was cancelled.")
         self._setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -200,8 +207,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not source:
             return
         try:
-            if not ensureDependencies():
-                return
+            ensureDependencies()
             with slicer.util.WaitCursor():
                 target = installModel(source)
         except (ClnetError, DependencyError) as exc:
@@ -226,8 +232,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay("Select at least one anatomy (or a preset) first.")
             return
         try:
-            if not ensureDependencies():
-                return
+            ensureDependencies()
         except DependencyError as exc:
             slicer.util.errorDisplay(str(exc))
             return
@@ -244,15 +249,17 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.timer.start()
 
     def _poll(self) -> None:
+        """QTimer slot: read the worker's new events; import its result once it has ended."""
         job = self._job
         if job is None:
             self.timer.stop()
             return
+        done = job.poll()
         text, fraction = job.progress
         self.panel.setProgress(text, fraction)
         for message in job.takeMessages():
             self._log(message)
-        if not job.isDone():
+        if not done:
             return
         self.timer.stop()
         self._job = None
@@ -260,26 +267,27 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             with slicer.util.WaitCursor():
                 segmentation = job.finish()  # MRML import, on the main thread
-        except CancelledError:
+        except CancelledError as exc:
             self.panel.setProgress("Cancelled", 0.0)
-            self._log("Cancelled; the scene was left unchanged.")
+            self._log(f"{exc} The scene was left unchanged.")
         except Exception as exc:
             self.panel.setProgress("Failed", 0.0)
-            self._reportError(exc, job.traceback)
+            self._reportError(exc, job.details)
         else:
             if self._parameterNode is not None:  # None when the user left the module meanwhile
                 self._parameterNode.outputSegmentation = segmentation
             self._updateShow3D(self.panel.show3DCheckBox.isChecked(), segmentation)
-            result = job.result
-            found = f"{len(result.present)} of {len(result.requested)} anatomies found"
-            self.panel.setProgress(f"Done: {found}", 1.0)
-            self._log(f"Done in {sum(result.timings.values()):.1f} s: {found}. {' '.join(result.warnings)}")
+            status, line = outcomeText(job.summary)
+            self.panel.setProgress(status, 1.0)
+            self._log(line)
 
-    def _reportError(self, exc: Exception, trace: str) -> None:
-        """One clear message box; the traceback goes only to the log."""
+    def _reportError(self, exc: Exception, details: str) -> None:
+        """One clear message box; the worker's output and tracebacks go only to the log."""
+        if details.strip():
+            log.info("Worker output:\n%s", details)
         if not isinstance(exc, ClnetError):
-            log.error(trace or repr(exc))
-            self._log(trace or repr(exc))
+            log.error("CLNet Segmentation failed", exc_info=exc)
+            self._log(f"{type(exc).__name__}: {exc}")
         slicer.util.errorDisplay(str(exc) if isinstance(exc, ClnetError) else f"Segmentation failed: {exc}")
 
     def _updateShow3D(self, show: bool, segmentation=None) -> None:
