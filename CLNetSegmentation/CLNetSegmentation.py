@@ -6,7 +6,6 @@ This file stays thin: the logic, the MRML import, the anatomy tree and the panel
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from CLNetSegmentationLib.environment import installModel, modelChoices, torchSu
 from CLNetSegmentationLib.logic import outcomeText
 from CLNetSegmentationLib.panel import PRESET_PLACEHOLDER, Panel
 from CLNetSegmentationLib.qt_compat import value as qtValue
-from CLNetSegmentationLib.slicer_widgets import loadSelfTest, loadTerminology, makeNodeSelector
+from CLNetSegmentationLib.slicer_widgets import loadSelfTest, loadTerminology, makeNodeSelector, showError
 from CLNetSegmentationLib.tree_widget import AnatomyTreeWidget
 from CLNetSegmentationLib.volume import findFirstCt
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -102,12 +101,9 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._refreshModels()
 
     def cleanup(self) -> None:
-        job, self._job = self._job, None
-        if job is not None:  # Slicer is closing or the module reloads: stop the worker, drop its folder
-            job.cancel()
-            job.wait(timeout=job.graceSeconds + 2)
-            with contextlib.suppress(Exception):
-                job.finish()
+        if self._job is not None:  # Slicer is closing or the module reloads: stop the worker
+            self._job.discard()
+            self._job = None
         self.timer.stop()
         self.removeObservers()
         self._setParameterNode(None)
@@ -120,9 +116,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:
-            self._job.cancel("The scene was closed, so the segmentation was cancelled.")
-        self._setParameterNode(None)
+        self._setParameterNode(None)  # a running job cancels itself (it observes the scene too)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -242,7 +236,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 node.inputVolume, names, outputSegmentationNode=node.outputSegmentation,
                 device=node.device, fast=node.fast, model=self._modelSpec())
         except Exception as exc:  # e.g. a volume without image data
-            self._reportError(exc, "")
+            showError(exc, "", self._log)
             return
         self._log(f"Segmenting {len(names)} anatomies in {node.inputVolume.GetName()}…")
         self.panel.setRunning(True)
@@ -272,7 +266,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._log(f"{exc} The scene was left unchanged.")
         except Exception as exc:
             self.panel.setProgress("Failed", 0.0)
-            self._reportError(exc, job.details)
+            showError(exc, job.details, self._log)
         else:
             if self._parameterNode is not None:  # None when the user left the module meanwhile
                 self._parameterNode.outputSegmentation = segmentation
@@ -280,15 +274,6 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             status, line = outcomeText(job.summary)
             self.panel.setProgress(status, 1.0)
             self._log(line)
-
-    def _reportError(self, exc: Exception, details: str) -> None:
-        """One clear message box; the worker's output and tracebacks go only to the log."""
-        if details.strip():
-            log.info("Worker output:\n%s", details)
-        if not isinstance(exc, ClnetError):
-            log.error("CLNet Segmentation failed", exc_info=exc)
-            self._log(f"{type(exc).__name__}: {exc}")
-        slicer.util.errorDisplay(str(exc) if isinstance(exc, ClnetError) else f"Segmentation failed: {exc}")
 
     def _updateShow3D(self, show: bool, segmentation=None) -> None:
         segmentation = segmentation or (self._parameterNode.outputSegmentation if self._parameterNode else None)

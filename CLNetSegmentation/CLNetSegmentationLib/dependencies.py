@@ -34,8 +34,15 @@ REQUIREMENTS: dict[str, str] = {
     "monai": "monai>=1.3",
 }
 NO_DEPS = {"monai"}
-MANUAL = ("In Slicer's Python console: slicer.util.pip_install('{requirements}'); for PyTorch use the "
-          "PyTorch Utils module.")
+
+
+def manualInstructions(missing: list[str]) -> str:
+    """How to install ``missing`` by hand from Slicer's Python console (torch excluded)."""
+    plain = " ".join(REQUIREMENTS[n] for n in missing if n not in NO_DEPS)
+    commands = ([f"slicer.util.pip_install('{plain}')"] if plain else []) + [
+        f"slicer.util.pip_install('{REQUIREMENTS[n]} --no-deps')" for n in missing if n in NO_DEPS]
+    text = f"By hand, in Slicer's Python console: {'; '.join(commands)}." if commands else ""
+    return (text + " PyTorch: use the PyTorch Utils module.").strip()
 
 
 class DependencyError(RuntimeError):
@@ -117,10 +124,10 @@ def ensureDependencies(askConfirmation: bool = True) -> None:
         REQUIREMENTS[n] for n in missing]
     question = ("CLNet Segmentation needs these Python packages, which will be downloaded and installed into "
                 "Slicer's Python now:\n\n- " + "\n- ".join(items) + "\n\nContinue?")
-    manual = MANUAL.format(requirements=" ".join(REQUIREMENTS[n] for n in missing) or "...")
+    manual = manualInstructions(missing)
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(question, "CLNet Segmentation"):
         raise DependencyError("CLNet Segmentation cannot run without these packages: " + ", ".join(items) + ". "
-                              "Press Segment again and accept the installation, or install them yourself. " + manual)
+                              "Press Segment again and accept the installation. " + manual)
     try:
         if needTorch:
             utils = _pytorchUtils()
@@ -128,7 +135,7 @@ def ensureDependencies(askConfirmation: bool = True) -> None:
                 torch = utils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
                                                                torchVersionRequirement=TORCH_REQUIREMENT)
             if torch is None:
-                raise DependencyError("PyTorch was not installed.", )
+                raise DependencyError("PyTorch was not installed.")
         if missing:
             if _pipEnsure() is None:
                 with _busy("Installing Python packages for CLNet Segmentation..."):

@@ -77,8 +77,7 @@ class SegmentationJob(ProcessJob):
 
     def cancel(self, reason: str | None = None) -> None:
         super().cancel(reason)
-        if not self.started:  # nothing will ever finish(): stop observing now
-            self._unwatchScene()
+        self._unwatchScene()  # a cancelled job imports nothing: no scene left to protect
 
     @property
     def started(self) -> bool:

@@ -286,6 +286,18 @@ class ProcessJob:
         finally:
             self.removeWorkDir()
 
+    def discard(self) -> None:
+        """Cancel if running, wait for the worker to end, and drop its folder (result unused)."""
+        self.cancel()
+        self.wait(timeout=self.graceSeconds + 2)
+        if self._done:
+            try:
+                self.finish()
+            except Exception:  # CancelledError, mostly: nothing to report to anyone
+                pass
+        else:
+            self.removeWorkDir()
+
     def removeWorkDir(self) -> None:
         if not self.keepWorkDir:
             shutil.rmtree(self.workDir, ignore_errors=True)

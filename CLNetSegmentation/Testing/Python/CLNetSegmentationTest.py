@@ -156,8 +156,8 @@ class CLNetSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(count, 235)
         widget.tree.applyPreset("Abdominal organs")
         self.assertIn("Liver", widget.tree.model.selected())
-        self.assertIn("Segmentation category and type - CLNet Segmentation",
-                      slicer.modules.terminologies.logic().GetLoadedTerminologyNames())
+        self.assertTrue(slicer.modules.terminologies.logic().IsTerminologyContextLoaded(
+            "Segmentation category and type - CLNet Segmentation"))
 
     def test_segment_example_ct(self) -> None:
         from CLNetSegmentationLib.dependencies import ensureDependencies
