@@ -208,7 +208,6 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(str(exc))
             return
         self._log(f"Installed model {target.name} into {target.parent}")
-        self.logic.clearCache()
         self._refreshModels(select=str(target))
 
     # -- running -----------------------------------------------------------------------------
@@ -263,7 +262,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 segmentation = job.finish()  # MRML import, on the main thread
         except CancelledError as exc:
             self.panel.setProgress("Cancelled", 0.0)
-            self._log(f"{exc} The scene was left unchanged.")
+            self._log(f"{exc} Nothing was added to the scene.")
         except Exception as exc:
             self.panel.setProgress("Failed", 0.0)
             showError(exc, job.details, self._log)

@@ -343,7 +343,7 @@ def test_module_widget_cancels_when_the_input_is_removed(module_widget):
     assert t.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
 
 
-@pytest.mark.parametrize("case", ["declined", "pip fails", "no PyTorch extension", "no network"])
+@pytest.mark.parametrize("case", ["declined", "pip fails", "no PyTorch extension", "no network", "pip_ensure fails"])
 def test_dependency_problems_become_one_message(module_widget, monkeypatch, case):
     import subprocess
 
@@ -361,7 +361,13 @@ def test_dependency_problems_become_one_message(module_widget, monkeypatch, case
             raise OSError("Temporary failure in name resolution")
         raise subprocess.CalledProcessError(1, ["pip", "install", requirements])
 
-    monkeypatch.setattr(dependencies, "_pipEnsure", lambda: None)
+    calls = []
+
+    def pip_ensure(requirements, **kwargs):  # Slicer 5.12's slicer.packaging.pip_ensure
+        calls.append(kwargs)
+        raise subprocess.CalledProcessError(2, ["pip", "install", *requirements])
+
+    monkeypatch.setattr(dependencies, "_pipEnsure", lambda: pip_ensure if case == "pip_ensure fails" else None)
     monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
     monkeypatch.setattr(slicer.util, "createProgressDialog", lambda **kw: qt.QProgressDialog(), raising=False)
     monkeypatch.setattr(slicer, "app", qt.QApplication.instance(), raising=False)
@@ -369,6 +375,28 @@ def test_dependency_problems_become_one_message(module_widget, monkeypatch, case
     widget.onSegmentButton()
     assert widget._job is None and len(t.errors) == 1
     expected = {"declined": "Press Segment again and accept", "pip fails": "pip exit code 1",
-                "no PyTorch extension": "Install the PyTorch extension", "no network": "internet connection"}[case]
+                "no PyTorch extension": "Install the PyTorch extension", "no network": "internet connection",
+                "pip_ensure fails": "pip exit code 2"}[case]
+    if case == "pip_ensure fails":  # asked once already: no second prompt, and never torch from PyPI
+        assert calls == [{"skip_packages": ["torch"], "prompt_install": False, "requester": "CLNet Segmentation"}]
     assert expected in t.errors[0]
     assert "slicer.util.pip_install('monai>=1.3 --no-deps')" in t.errors[0] or case == "no PyTorch extension"
+
+
+def test_module_widget_installs_a_model(module_widget, monkeypatch, tmp_path):
+    from clnet.manifest import Normalization, Preprocessing
+    from clnet.model.factory import build_manifest, save_random_model, tiny_encoder
+    from CLNetSegmentationLib.qt_compat import value
+
+    widget, t = module_widget, module_widget.test
+    prep = Preprocessing(spacing_zyx=(6.0, 6.0, 6.0), patch_size_zyx=(32, 64, 64), overlap=0.25,
+                         normalization=Normalization(-1024, 1500, -300.0, 500.0))
+    source = save_random_model(tmp_path / "second", build_manifest(
+        "second", tiny_encoder(), {"DEC": ["Stomach", "Pancreas"]}, preprocessing=prep))
+    monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *args: str(source)))
+    widget._installModel(folder=True)
+    assert not t.errors
+    installed = value(widget.panel.modelCombo, "currentData")
+    assert installed and Path(installed).parent == tmp_path / "home" / "models"
+    assert widget.tree.item("Stomach").flags() & qt.Qt.ItemIsEnabled  # the new model's anatomies
+    assert not widget.tree.item("Liver").flags() & qt.Qt.ItemIsEnabled

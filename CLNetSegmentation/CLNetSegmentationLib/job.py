@@ -112,7 +112,7 @@ class SegmentationJob(ProcessJob):
             for role, watchedNode, name in watched:
                 if job is not None and node is watchedNode:
                     job.cancel(f"The {role} '{name}' was removed from the scene, so the segmentation was "
-                               "cancelled; nothing was changed.")
+                               "cancelled.")
 
         def onClose(caller, event) -> None:
             job = jobRef()

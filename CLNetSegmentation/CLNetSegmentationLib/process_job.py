@@ -277,7 +277,7 @@ class ProcessJob:
             raise RuntimeError("The job is still running.")
         try:
             if self.cancelRequested:
-                raise CancelledError(self.cancelReason or "Cancelled by the user; nothing was changed.")
+                raise CancelledError(self.cancelReason or "Cancelled by the user.")
             if self.errorEvent is not None:
                 raise errorFromEvent(self.errorEvent, self.details)
             if self.resultEvent is None or self.returncode != 0:
