@@ -467,7 +467,7 @@ def test_self_test_checks_with_the_demo_model():
     checks = selftest.SelfTestChecks(scene)
     volume = checks.loadExampleCt()
     fingerprint = volumeFingerprint(volume)
-    job = CLNetSegmentationLogic().runInBackground(volume, selftest.ANATOMIES, device="cpu")
+    job = CLNetSegmentationLogic().runInBackground(volume, selftest.ANATOMIES, **selftest.RUN_OPTIONS)
     segmentation = checks.runAsync(job, timeout=300)
     masks = checks.checkSegmentation(segmentation, volume)
     checks.checkPlacement(masks, volume)
@@ -482,7 +482,7 @@ def test_self_test_cancel_with_the_demo_model():
     checks = selftest.SelfTestChecks(scene)
     volume = checks.loadExampleCt()
     nodes = scene.GetNumberOfNodes()
-    job = CLNetSegmentationLogic().runInBackground(volume, selftest.ANATOMIES, device="cpu")
+    job = CLNetSegmentationLogic().runInBackground(volume, selftest.ANATOMIES, **selftest.RUN_OPTIONS)
     with pytest.raises(CancelledError):
         checks.runAsync(job, timeout=300, cancelAfterFirstTile=True)
     assert scene.GetNumberOfNodes() == nodes and not job.workDir.exists()

@@ -25,6 +25,8 @@ except ImportError:  # plain Python with slicer-core (CI)
 
 ANATOMIES = ["UrinaryBladder", "Bone_Hip_L", "Bone_Hip_R", "Bone_Femur_L", "Bone_Femur_R"]
 """What the demo model finds in the example CT (Dice 0.37-0.72 there: see models/demo/README.md)."""
+RUN_OPTIONS = {"device": "cpu", "fast": True}
+"""Fast mode keeps the self-test to seconds on a CPU; it runs the same worker path as normal mode."""
 
 
 class SelfTestChecks:
@@ -171,7 +173,7 @@ class CLNetSegmentationTest(ScriptedLoadableModuleTest):
         fingerprint = volumeFingerprint(volume)
         self.delayDisplay("Segmenting the example CT with the bundled demo model (worker process)")
         logic = CLNetSegmentation.CLNetSegmentationLogic()
-        segmentation = checks.runAsync(logic.runInBackground(volume, ANATOMIES, device="cpu"))
+        segmentation = checks.runAsync(logic.runInBackground(volume, ANATOMIES, **RUN_OPTIONS))
         masks = checks.checkSegmentation(segmentation, volume)
         checks.checkPlacement(masks, volume)
         self.assertEqual(volumeFingerprint(volume), fingerprint)
@@ -186,7 +188,7 @@ class CLNetSegmentationTest(ScriptedLoadableModuleTest):
         checks = self._checks()
         volume = checks.loadExampleCt()
         nodes = slicer.mrmlScene.GetNumberOfNodes()
-        job = CLNetSegmentation.CLNetSegmentationLogic().runInBackground(volume, ANATOMIES, device="cpu")
+        job = CLNetSegmentation.CLNetSegmentationLogic().runInBackground(volume, ANATOMIES, **RUN_OPTIONS)
         with self.assertRaises(CancelledError):
             checks.runAsync(job, cancelAfterFirstTile=True)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
