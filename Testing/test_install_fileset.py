@@ -255,3 +255,20 @@ def test_docs_state_the_supported_slicer():
     docs = (ROOT / "docs" / "slicer.md").read_text()
     assert f"Slicer {metadata.MINIMUM_SLICER} or newer" in docs and "Python 3.12" in docs
     assert not fnmatch.filter(docs.splitlines(), "*Slicer 5.8 or newer*")
+
+
+def test_terminology_file_is_up_to_date_and_valid_json():
+    from clnet.catalog import load_catalog
+    from clnet.catalog.terminology import TERMINOLOGY_FILE, TERMINOLOGY_SCHEMA, terminology_file_text
+
+    text = TERMINOLOGY_FILE.read_text(encoding="utf-8")
+    assert text == terminology_file_text(load_catalog()), (
+        "stale: python -c 'from clnet.catalog.terminology import write_terminology_file as w; w()'")
+    data = json.loads(text)
+    assert data["@schema"] == TERMINOLOGY_SCHEMA
+    (category,) = data["SegmentationCodes"]["Category"]
+    assert (category["CodingSchemeDesignator"], category["CodeValue"]) == ("SCT", "123037004")
+    for kind in category["Type"]:
+        assert {"CodeMeaning", "CodingSchemeDesignator", "CodeValue"} <= kind.keys()
+        assert ("Modifier" in kind) != ("recommendedDisplayRGBValue" in kind)
+        assert len(kind["CodeValue"]) <= 16 and len(kind["CodeMeaning"]) <= 64  # DICOM SH / LO

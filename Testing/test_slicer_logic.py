@@ -411,24 +411,6 @@ def test_terminology_file_lists_every_anatomy_with_its_code_and_colour(terminolo
         assert colour == tuple(anatomy.color) and label == anatomy.display_name, anatomy.name
 
 
-def test_terminology_file_is_up_to_date_and_valid_json():
-    import json
-
-    from clnet.catalog.terminology import TERMINOLOGY_FILE, TERMINOLOGY_SCHEMA, terminology_file_text
-
-    text = TERMINOLOGY_FILE.read_text(encoding="utf-8")
-    assert text == terminology_file_text(load_catalog()), (
-        "stale: python -c 'from clnet.catalog.terminology import write_terminology_file as w; w()'")
-    data = json.loads(text)
-    assert data["@schema"] == TERMINOLOGY_SCHEMA
-    (category,) = data["SegmentationCodes"]["Category"]
-    assert (category["CodingSchemeDesignator"], category["CodeValue"]) == ("SCT", "123037004")
-    for kind in category["Type"]:
-        assert {"CodeMeaning", "CodingSchemeDesignator", "CodeValue"} <= kind.keys()
-        assert ("Modifier" in kind) != ("recommendedDisplayRGBValue" in kind)
-        assert len(kind["CodeValue"]) <= 16 and len(kind["CodeMeaning"]) <= 64  # DICOM SH / LO
-
-
 def test_segment_terminology_tags_match_the_context(first_run, terminologies):
     """Each segment's TerminologyEntry names our context and an entry in it (so Slicer shows it matched)."""
     logic, context = terminologies
