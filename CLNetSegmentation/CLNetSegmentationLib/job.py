@@ -48,7 +48,8 @@ class SegmentationJob(ProcessJob):
                      "--progress", "json", *options]
         self._importer = importer
         self.summary: dict | None = None
-        """After a successful finish: the result event plus ``segmentation.json`` (see logic)."""
+        """After a successful finish: requested / present / missing anatomies, warnings, timings and
+        settings of the run (filled by the logic's importer)."""
 
     def start(self) -> SegmentationJob:
         """Write the input (main thread, reads MRML), watch the scene, launch the worker."""
@@ -78,10 +79,6 @@ class SegmentationJob(ProcessJob):
     def cancel(self, reason: str | None = None) -> None:
         super().cancel(reason)
         self._unwatchScene()  # a cancelled job imports nothing: no scene left to protect
-
-    @property
-    def started(self) -> bool:
-        return self.pid is not None
 
     def finish(self):
         self._unwatchScene()
