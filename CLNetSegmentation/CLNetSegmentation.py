@@ -13,13 +13,14 @@ import qt
 import slicer
 from clnet.catalog import load_catalog
 from clnet.errors import CancelledError, ClnetError
-from CLNetSegmentationLib import CLNetSegmentationLogic, SegmentationJob
+from CLNetSegmentationLib import CLNetSegmentationLogic, SegmentationJob, metadata
 from CLNetSegmentationLib.anatomy_tree import AnatomyTreeModel
 from CLNetSegmentationLib.dependencies import DependencyError, ensureDependencies
 from CLNetSegmentationLib.environment import installModel, modelChoices, torchSummary
+from CLNetSegmentationLib.logic import outcomeText
 from CLNetSegmentationLib.panel import PRESET_PLACEHOLDER, Panel
 from CLNetSegmentationLib.qt_compat import value as qtValue
-from CLNetSegmentationLib.slicer_widgets import loadSelfTest, makeNodeSelector
+from CLNetSegmentationLib.slicer_widgets import loadSelfTest, loadTerminology, makeNodeSelector, showError
 from CLNetSegmentationLib.tree_widget import AnatomyTreeWidget
 from CLNetSegmentationLib.volume import findFirstCt
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -40,13 +41,11 @@ class CLNetSegmentation(ScriptedLoadableModule):
         self.parent.title = "CLNet Segmentation"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["CLNet Segmentation contributors"]
-        self.parent.helpText = (
-            "Segment up to 235 anatomies (organs, bones, vessels, lymph-node stations) in CT with a "
-            "CL-Net model. Pick anatomies, press Segment; the result is an editable segmentation. "
-            "Not for clinical use unless the loaded model says otherwise."
-        )
-        self.parent.acknowledgementText = "CL-Net by its original authors; the clnet engine, wrapped for Slicer."
+        self.parent.contributors = list(metadata.CONTRIBUTORS)
+        self.parent.helpText = metadata.HELP_TEXT
+        self.parent.acknowledgementText = metadata.ACKNOWLEDGEMENT_TEXT
+        # Our terminology context (all 235 anatomies) must be known before segments are shown.
+        slicer.app.connect("startupCompleted()", loadTerminology)
 
 
 @parameterNodeWrapper
@@ -97,12 +96,14 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         p.environmentLabel.setText(torchSummary())
+        loadTerminology()
         self.initializeParameterNode()
         self._refreshModels()
 
     def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        if self._job is not None:  # Slicer is closing or the module reloads: stop the worker
+            self._job.discard()
+            self._job = None
         self.timer.stop()
         self.removeObservers()
         self._setParameterNode(None)
@@ -115,7 +116,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._setParameterNode(None)
+        self._setParameterNode(None)  # a running job cancels itself (it observes the scene too)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -200,15 +201,13 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not source:
             return
         try:
-            if not ensureDependencies():
-                return
+            ensureDependencies()
             with slicer.util.WaitCursor():
                 target = installModel(source)
         except (ClnetError, DependencyError) as exc:
             slicer.util.errorDisplay(str(exc))
             return
         self._log(f"Installed model {target.name} into {target.parent}")
-        self.logic.clearCache()
         self._refreshModels(select=str(target))
 
     # -- running -----------------------------------------------------------------------------
@@ -226,8 +225,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay("Select at least one anatomy (or a preset) first.")
             return
         try:
-            if not ensureDependencies():
-                return
+            ensureDependencies()
         except DependencyError as exc:
             slicer.util.errorDisplay(str(exc))
             return
@@ -237,22 +235,24 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 node.inputVolume, names, outputSegmentationNode=node.outputSegmentation,
                 device=node.device, fast=node.fast, model=self._modelSpec())
         except Exception as exc:  # e.g. a volume without image data
-            self._reportError(exc, "")
+            showError(exc, "", self._log)
             return
         self._log(f"Segmenting {len(names)} anatomies in {node.inputVolume.GetName()}…")
         self.panel.setRunning(True)
         self.timer.start()
 
     def _poll(self) -> None:
+        """QTimer slot: read the worker's new events; import its result once it has ended."""
         job = self._job
         if job is None:
             self.timer.stop()
             return
+        done = job.poll()
         text, fraction = job.progress
         self.panel.setProgress(text, fraction)
         for message in job.takeMessages():
             self._log(message)
-        if not job.isDone():
+        if not done:
             return
         self.timer.stop()
         self._job = None
@@ -260,27 +260,19 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             with slicer.util.WaitCursor():
                 segmentation = job.finish()  # MRML import, on the main thread
-        except CancelledError:
+        except CancelledError as exc:
             self.panel.setProgress("Cancelled", 0.0)
-            self._log("Cancelled; the scene was left unchanged.")
+            self._log(f"{exc} Nothing was added to the scene.")
         except Exception as exc:
             self.panel.setProgress("Failed", 0.0)
-            self._reportError(exc, job.traceback)
+            showError(exc, job.details, self._log)
         else:
             if self._parameterNode is not None:  # None when the user left the module meanwhile
                 self._parameterNode.outputSegmentation = segmentation
             self._updateShow3D(self.panel.show3DCheckBox.isChecked(), segmentation)
-            result = job.result
-            found = f"{len(result.present)} of {len(result.requested)} anatomies found"
-            self.panel.setProgress(f"Done: {found}", 1.0)
-            self._log(f"Done in {sum(result.timings.values()):.1f} s: {found}. {' '.join(result.warnings)}")
-
-    def _reportError(self, exc: Exception, trace: str) -> None:
-        """One clear message box; the traceback goes only to the log."""
-        if not isinstance(exc, ClnetError):
-            log.error(trace or repr(exc))
-            self._log(trace or repr(exc))
-        slicer.util.errorDisplay(str(exc) if isinstance(exc, ClnetError) else f"Segmentation failed: {exc}")
+            status, line = outcomeText(job.summary)
+            self.panel.setProgress(status, 1.0)
+            self._log(line)
 
     def _updateShow3D(self, show: bool, segmentation=None) -> None:
         segmentation = segmentation or (self._parameterNode.outputSegmentation if self._parameterNode else None)

@@ -238,7 +238,7 @@ def test_terminology_coverage(catalog):
 def test_liver_slicer_string(catalog):
     t = catalog.by_name("Liver").terminology
     assert t.to_slicer_string() == (
-        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "Segmentation category and type - CLNet Segmentation"
         "~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^"
         "~Anatomic codes - DICOM master list~^^~^^"
     )

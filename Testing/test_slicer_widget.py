@@ -216,15 +216,17 @@ def _stub_app(monkeypatch, slicer, scene, errors: list[str]) -> None:
     monkeypatch.delitem(sys.modules, "CLNetSegmentation", raising=False)
 
 
-def test_module_widget_runs_segment_and_cancel(app, monkeypatch, tmp_path, example_ct):
+@pytest.fixture()
+def module_widget(app, monkeypatch, tmp_path, example_ct):
+    """The real module widget on a real MRML scene holding the example CT, with a tiny random model."""
     slicer = pytest.importorskip("slicer")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("needs slicer-core")
-    import time
+    import types
 
     from clnet.manifest import Normalization, Preprocessing
     from clnet.model.factory import build_manifest, save_random_model, tiny_encoder
-    from CLNetSegmentationLib import CLNetSegmentationLogic, clnetSegmentIds
+    from CLNetSegmentationLib import CLNetSegmentationLogic
     from CLNetSegmentationLib.segments import ensureConverterRules
 
     prep = Preprocessing(spacing_zyx=(6.0, 6.0, 6.0), patch_size_zyx=(32, 64, 64), overlap=0.25,
@@ -241,40 +243,159 @@ def test_module_widget_runs_segment_and_cancel(app, monkeypatch, tmp_path, examp
     assert storage.ReadData(volume)
     errors: list[str] = []
     _stub_app(monkeypatch, slicer, scene, errors)
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(
+        terminologies=types.SimpleNamespace(logic=lambda: terminologies)), raising=False)
     monkeypatch.setattr(CLNetSegmentationLogic, "getParameterNode",
                         lambda self: scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"), raising=False)
     import CLNetSegmentation
 
     widget = CLNetSegmentation.CLNetSegmentationWidget()
     widget.setup()
-    assert widget._parameterNode.inputVolume is volume  # first CT auto-selected
+    widget.test = types.SimpleNamespace(scene=scene, volume=volume, errors=errors, terminologies=terminologies)
+    yield widget
+    widget.cleanup()
+
+
+def run_until_done(widget, timeout: float = 120, during=None) -> None:
+    import time
+
+    start = time.monotonic()
+    while widget._job is not None and time.monotonic() - start < timeout:
+        if during is not None:
+            during(widget._job)
+        widget._poll()
+        time.sleep(0.05)
+    assert widget._job is None, "the run did not end"
+
+
+def wait_for_tiles(widget, timeout: float = 120) -> None:
+    import time
+
+    start = time.monotonic()
+    while not widget._job.progress[0].startswith("Network"):
+        widget._poll()
+        assert widget._job is not None and time.monotonic() - start < timeout
+        time.sleep(0.05)
+
+
+def test_module_widget_runs_segment_and_cancel(module_widget):
+    from CLNetSegmentationLib import clnetSegmentIds
+
+    widget, t = module_widget, module_widget.test
+    assert widget._parameterNode.inputVolume is t.volume  # first CT auto-selected
     assert widget.tree.model.summary() == "0 of 3 available anatomies selected"
     assert not widget.tree.item("Stomach").flags() & qt.Qt.ItemIsEnabled  # not in this model
+    assert t.terminologies.IsTerminologyContextLoaded("Segmentation category and type - CLNet Segmentation")
 
     widget.panel.presetCombo.setCurrentIndex(widget.panel.presetCombo.findText("Abdominal organs"))
     assert widget._parameterNode.anatomies == ["Spleen", "Kidney_L", "Liver"]
 
-    def run_until_done() -> None:
-        start = time.monotonic()
-        while widget._job is not None and time.monotonic() - start < 120:
-            widget._poll()
-            time.sleep(0.05)
-
     widget.onSegmentButton()
     assert widget.panel.segmentButton.text() == CANCEL_TEXT
-    run_until_done()
-    assert widget.panel.segmentButton.text() == SEGMENT_TEXT and not errors
+    assert widget._job.pid is not None and widget._job.pid != os.getpid()  # a worker process
+    run_until_done(widget)
+    assert widget.panel.segmentButton.text() == SEGMENT_TEXT and not t.errors
     segmentation = widget._parameterNode.outputSegmentation
     assert segmentation is not None and clnetSegmentIds(segmentation)
     assert "anatomies found" in widget.panel.progressBar.format()
 
-    nodes = scene.GetNumberOfNodes()
+    nodes = t.scene.GetNumberOfNodes()
     widget.onSegmentButton()
     widget.onSegmentButton()  # the button now reads Cancel
-    run_until_done()
-    assert widget.panel.progressBar.format().startswith("Cancelled") and scene.GetNumberOfNodes() == nodes
+    run_until_done(widget)
+    assert widget.panel.progressBar.format().startswith("Cancelled") and t.scene.GetNumberOfNodes() == nodes
 
     widget.tree.selectNone()
     widget.onSegmentButton()
-    assert errors == ["Select at least one anatomy (or a preset) first."]
-    widget.cleanup()
+    assert t.errors == ["Select at least one anatomy (or a preset) first."]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_module_widget_reports_a_killed_worker_and_stays_usable(module_widget):
+    import signal
+
+    widget, t = module_widget, module_widget.test
+    widget.tree.setSelected(["Liver"])
+    nodes = t.scene.GetNumberOfNodes()
+    widget.onSegmentButton()
+    wait_for_tiles(widget)
+    os.kill(widget._job.pid, signal.SIGKILL)  # what the out-of-memory killer does
+    run_until_done(widget)
+    assert len(t.errors) == 1 and "memory" in t.errors[0]
+    assert widget.panel.progressBar.format().startswith("Failed")
+    assert widget.panel.segmentButton.text() == SEGMENT_TEXT and t.scene.GetNumberOfNodes() == nodes
+    widget.onSegmentButton()  # and it runs again
+    run_until_done(widget)
+    assert len(t.errors) == 1 and "anatomies found" in widget.panel.progressBar.format()
+
+
+def test_module_widget_cancels_when_the_input_is_removed(module_widget):
+    widget, t = module_widget, module_widget.test
+    widget.tree.setSelected(["Liver"])
+    widget.onSegmentButton()
+    wait_for_tiles(widget)
+    t.scene.RemoveNode(t.volume)
+    run_until_done(widget)
+    assert not t.errors and widget.panel.progressBar.format().startswith("Cancelled")
+    assert "removed from the scene" in widget.panel.logView.toPlainText()
+    assert t.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+
+
+@pytest.mark.parametrize("case", ["declined", "pip fails", "no PyTorch extension", "no network", "pip_ensure fails"])
+def test_dependency_problems_become_one_message(module_widget, monkeypatch, case):
+    import subprocess
+
+    import slicer
+    from CLNetSegmentationLib import dependencies
+
+    widget, t = module_widget, module_widget.test
+    widget.tree.setSelected(["Liver"])
+    monkeypatch.setattr(dependencies, "missingPackages", lambda: ["monai"])
+    monkeypatch.setattr(dependencies, "torchInstalled", lambda: case != "no PyTorch extension")
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: case != "declined", raising=False)
+
+    def pip_install(requirements, **kwargs):
+        if case == "no network":
+            raise OSError("Temporary failure in name resolution")
+        raise subprocess.CalledProcessError(1, ["pip", "install", requirements])
+
+    calls = []
+
+    def pip_ensure(requirements, **kwargs):  # Slicer 5.12's slicer.packaging.pip_ensure
+        calls.append(kwargs)
+        raise subprocess.CalledProcessError(2, ["pip", "install", *requirements])
+
+    monkeypatch.setattr(dependencies, "_pipEnsure", lambda: pip_ensure if case == "pip_ensure fails" else None)
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer.util, "createProgressDialog", lambda **kw: qt.QProgressDialog(), raising=False)
+    monkeypatch.setattr(slicer, "app", qt.QApplication.instance(), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails: the extension is missing
+    widget.onSegmentButton()
+    assert widget._job is None and len(t.errors) == 1
+    expected = {"declined": "Press Segment again and accept", "pip fails": "pip exit code 1",
+                "no PyTorch extension": "Install the PyTorch extension", "no network": "internet connection",
+                "pip_ensure fails": "pip exit code 2"}[case]
+    if case == "pip_ensure fails":  # asked once already: no second prompt, and never torch from PyPI
+        assert calls == [{"skip_packages": ["torch"], "prompt_install": False, "requester": "CLNet Segmentation"}]
+    assert expected in t.errors[0]
+    assert "slicer.util.pip_install('monai>=1.3 --no-deps')" in t.errors[0] or case == "no PyTorch extension"
+
+
+def test_module_widget_installs_a_model(module_widget, monkeypatch, tmp_path):
+    from clnet.manifest import Normalization, Preprocessing
+    from clnet.model.factory import build_manifest, save_random_model, tiny_encoder
+    from CLNetSegmentationLib.qt_compat import value
+
+    widget, t = module_widget, module_widget.test
+    prep = Preprocessing(spacing_zyx=(6.0, 6.0, 6.0), patch_size_zyx=(32, 64, 64), overlap=0.25,
+                         normalization=Normalization(-1024, 1500, -300.0, 500.0))
+    source = save_random_model(tmp_path / "second", build_manifest(
+        "second", tiny_encoder(), {"DEC": ["Stomach", "Pancreas"]}, preprocessing=prep))
+    monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *args: str(source)))
+    widget._installModel(folder=True)
+    assert not t.errors
+    installed = value(widget.panel.modelCombo, "currentData")
+    assert installed and Path(installed).parent == tmp_path / "home" / "models"
+    assert widget.tree.item("Stomach").flags() & qt.Qt.ItemIsEnabled  # the new model's anatomies
+    assert not widget.tree.item("Liver").flags() & qt.Qt.ItemIsEnabled

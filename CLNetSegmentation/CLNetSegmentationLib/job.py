@@ -1,106 +1,127 @@
-"""A segmentation run split in two: compute in a worker thread, import on the main thread.
+"""A segmentation of a volume node, computed in a worker process and imported on the main thread.
 
-MRML is not thread-safe, so the worker only touches numpy / SimpleITK / torch; whoever owns the
-main thread (the widget's QTimer, or :meth:`SegmentationJob.runHere`) polls and then calls
-:meth:`SegmentationJob.finish`, which does the MRML import. No Qt here, so it is testable anywhere.
+:class:`SegmentationJob` is a :class:`~.process_job.ProcessJob` running ``clnet segment`` on a copy
+of the volume written to the job's folder. It also guards the scene: if the input volume or the
+chosen output segmentation leaves the scene, or the scene is closed, the run is cancelled and
+nothing is imported. MRML is only touched on the main thread (start, poll, finish).
 """
 
 from __future__ import annotations
 
-import threading
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-ProgressCallback = Callable[[str, float], None]
-Compute = Callable[[ProgressCallback, Callable[[], bool]], Any]
-Finish = Callable[[Any], Any]
+from .process_job import ProcessJob
+from .volume import writeVolume
+
+INPUT_FILE = "input.nrrd"
+OUTPUT_DIR = "out"
 
 
-class SegmentationJob:
-    """One run: ``compute(progress, isCancelled) -> result`` then ``finish(result) -> output``."""
+class SegmentationJob(ProcessJob):
+    """``clnet segment`` on ``inputVolumeNode`` in a worker; ``finish()`` imports the result.
 
-    def __init__(self, compute: Compute, finish: Finish, cancel: Callable[[], bool] | None = None) -> None:
-        self._compute = compute
-        self._finish = finish
-        self._externalCancel = cancel or (lambda: False)
-        self.cancelEvent = threading.Event()
-        self._lock = threading.Lock()
-        self._progress: tuple[str, float] = ("Waiting", 0.0)
-        self._messages: list[str] = []
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.traceback: str = ""
+    ``options`` are the ``clnet segment`` options (``--anatomies``, ``--device``...);
+    ``importer(outputDir, resultEvent)`` runs in :meth:`finish` on the main thread and returns the
+    segmentation node. ``isCancelled`` (optional) is checked at every poll.
+    """
 
-    # -- worker side -------------------------------------------------------------------------
-    def isCancelled(self) -> bool:
-        return self.cancelEvent.is_set() or bool(self._externalCancel())
+    def __init__(
+        self,
+        inputVolumeNode,
+        outputSegmentationNode,
+        options: Sequence[str],
+        importer: Callable[[Path, dict], Any],
+        isCancelled: Callable[[], bool] | None = None,
+        **kwargs,
+    ) -> None:
+        self.inputVolumeNode = inputVolumeNode
+        self.outputSegmentationNode = outputSegmentationNode
+        self._isCancelled = isCancelled
+        self._scene = inputVolumeNode.GetScene()
+        self._observations: list[tuple[Any, int]] = []
+        super().__init__([], onResult=self._import, **kwargs)
+        self.inputPath = self.workDir / INPUT_FILE
+        self.outputDir = self.workDir / OUTPUT_DIR
+        self.args = ["segment", str(self.inputPath), "-o", str(self.outputDir), "--formats", "nifti",
+                     "--progress", "json", *options]
+        self._importer = importer
+        self.summary: dict | None = None
+        """After a successful finish: requested / present / missing anatomies, warnings, timings and
+        settings of the run (filled by the logic's importer)."""
 
-    def _report(self, text: str, fraction: float) -> None:
-        with self._lock:
-            if text != self._progress[0]:
-                self._messages.append(text)
-            self._progress = (text, fraction)
-
-    def _run(self) -> None:
-        try:
-            self.result = self._compute(self._report, self.isCancelled)
-        except BaseException as exc:  # handed to the main thread by finish()
-            self.error = exc
-            self.traceback = traceback.format_exc()
-        finally:
-            self._done.set()
-
-    # -- main-thread side --------------------------------------------------------------------
     def start(self) -> SegmentationJob:
-        """Start the compute part in a daemon worker thread."""
-        self._thread = threading.Thread(target=self._run, name="CLNetSegmentation", daemon=True)
-        self._thread.start()
+        """Write the input (main thread, reads MRML), watch the scene, launch the worker."""
+        if self.cancelRequested:
+            return self
+        try:
+            writeVolume(self.inputVolumeNode, self.inputPath)
+        except BaseException:
+            self.removeWorkDir()
+            raise
+        self._watchScene()
+        try:
+            super().start()
+        except BaseException:
+            self._unwatchScene()
+            raise
         return self
 
-    def runHere(self, progressCallback: ProgressCallback | None = None) -> Any:
-        """Compute in the calling thread (console / scripts), then :meth:`finish`."""
-        def report(text: str, fraction: float) -> None:
-            self._report(text, fraction)
-            if progressCallback is not None:
-                progressCallback(text, fraction)
+    def poll(self) -> bool:
+        if not self.cancelRequested and self._isCancelled is not None and self._isCancelled():
+            self.cancel()
+        done = super().poll()
+        if done:  # the worker has ended: nothing left to protect until finish() imports
+            self._unwatchScene()
+        return done
 
-        try:
-            self.result = self._compute(report, self.isCancelled)
-        except BaseException as exc:
-            self.error = exc
-            self.traceback = traceback.format_exc()
-        self._done.set()
-        return self.finish()
+    def cancel(self, reason: str | None = None) -> None:
+        super().cancel(reason)
+        self._unwatchScene()  # a cancelled job imports nothing: no scene left to protect
 
-    def cancel(self) -> None:
-        """Ask the worker to stop; the engine checks between tiles and raises CancelledError."""
-        self.cancelEvent.set()
+    def finish(self):
+        self._unwatchScene()
+        for role, node in (("input volume", self.inputVolumeNode), ("output segmentation", self.outputSegmentationNode)):
+            if node is not None and node.GetScene() is None and not self.cancelRequested:
+                self.cancel(f"The {role} was removed from the scene, so the result was not imported.")
+        return super().finish()
 
-    def isDone(self) -> bool:
-        return self._done.is_set()
+    def _import(self, event: dict):
+        return self._importer(self.outputDir, event)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+    # -- scene guard -------------------------------------------------------------------------
+    def _watchScene(self) -> None:
+        import weakref
 
-    @property
-    def progress(self) -> tuple[str, float]:
-        """Latest (stage text, overall fraction 0..1)."""
-        with self._lock:
-            return self._progress
+        from vtkmodules.util.misc import calldata_type
+        from vtkmodules.vtkCommonCore import VTK_OBJECT
 
-    def takeMessages(self) -> list[str]:
-        """Stage texts reported since the previous call (for a log)."""
-        with self._lock:
-            messages, self._messages = self._messages, []
-        return messages
+        scene = self._scene
+        jobRef = weakref.ref(self)  # the scene must not keep a finished job alive
+        watched = [(role, node, node.GetName()) for role, node in (
+            ("input volume", self.inputVolumeNode), ("output segmentation", self.outputSegmentationNode))
+            if node is not None]
 
-    def finish(self) -> Any:
-        """On the main thread, once done: re-raise the worker's error, or import the result."""
-        if not self._done.is_set():
-            raise RuntimeError("The segmentation is still running.")
-        if self.error is not None:
-            raise self.error
-        return self._finish(self.result)
+        @calldata_type(VTK_OBJECT)
+        def onNodeRemoved(caller, event, node) -> None:
+            job = jobRef()
+            for role, watchedNode, name in watched:
+                if job is not None and node is watchedNode:
+                    job.cancel(f"The {role} '{name}' was removed from the scene, so the segmentation was "
+                               "cancelled.")
+
+        def onClose(caller, event) -> None:
+            job = jobRef()
+            if job is not None:
+                job.cancel("The scene was closed, so the segmentation was cancelled.")
+
+        self._observations = [
+            (scene, scene.AddObserver(scene.NodeRemovedEvent, onNodeRemoved)),
+            (scene, scene.AddObserver(scene.StartCloseEvent, onClose)),
+        ]
+
+    def _unwatchScene(self) -> None:
+        for obj, tag in self._observations:
+            obj.RemoveObserver(tag)
+        self._observations = []

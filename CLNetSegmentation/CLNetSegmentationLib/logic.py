@@ -1,12 +1,13 @@
-"""CLNetSegmentationLogic: segment a volume node with the clnet engine, Qt-free.
+"""CLNetSegmentationLogic: segment a volume node with the clnet engine in a worker process.
 
-Works inside Slicer and in plain Python with the ``slicer-core`` wheel. The engine (``clnet``,
-which needs torch) is imported lazily so Slicer can load this module before the first-use
-dependency install.
+Works inside Slicer and in plain Python with the ``slicer-core`` wheel. The engine runs in a child
+process (``clnet segment``, see ``job.py`` and ``process_job.py``); this process only writes the
+input, follows the progress events and imports the result, so it never imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -14,15 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .job import ProgressCallback, SegmentationJob
-from .segments import importLabels, placeBeside
-from .volume import volumeToSitk
+from .job import SegmentationJob
+from .process_job import ProgressCallback
+from .segments import clnetSegmentIds, importLabels, placeBeside
 
 if TYPE_CHECKING:
     from clnet.catalog import Anatomy
-    from clnet.inference.segmenter import SegmentationResult, Segmenter
 
 try:  # inside Slicer: gives getParameterNode() and friends
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -34,13 +32,7 @@ log = logging.getLogger(__name__)
 MODEL_ATTRIBUTE = "CLNet.Model"
 """Segmentation node attribute: the model (name and version) that made its CLNet segments."""
 
-
-def _modelKey(model: str | os.PathLike | None) -> str | None:
-    """Cache key for a model spec: a resolved folder path, or the name as given."""
-    if model is None or str(model) == "":
-        return None
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else str(model)
+Cancel = threading.Event | Callable[[], bool] | None
 
 
 class CLNetSegmentationLogic(_LogicBase):
@@ -49,33 +41,15 @@ class CLNetSegmentationLogic(_LogicBase):
     >>> logic = CLNetSegmentationLogic()
     >>> seg = logic.segment(volumeNode, anatomies=["Liver", "Spleen"])
 
-    The loaded model is cached across calls (per model and device).
+    Each run is one worker process (``clnet segment``) that loads the model, segments and exits.
     """
 
     def __init__(self, model: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.model = model
-        self._segmenters: dict[tuple[str | None, str], Segmenter] = {}
-        self._loadLock = threading.Lock()
         self._job: SegmentationJob | None = None
 
     # -- model -------------------------------------------------------------------------------
-    def getSegmenter(self, model: str | os.PathLike | None = None, device: str = "auto") -> Segmenter:
-        """The engine for ``model`` (default: this logic's model, else clnet's default) on ``device``."""
-        from clnet.inference.segmenter import Segmenter
-
-        spec = model if model is not None else self.model
-        key = (_modelKey(spec), str(device).lower())
-        with self._loadLock:  # the worker thread may load while the widget asks for anatomies
-            if key not in self._segmenters:
-                self._segmenters[key] = Segmenter(spec, device=device)
-            return self._segmenters[key]
-
-    def clearCache(self) -> None:
-        """Forget loaded models (e.g. after installing a new one under the same name)."""
-        with self._loadLock:
-            self._segmenters.clear()
-
     def availableAnatomies(self, model: str | os.PathLike | None = None) -> list[Anatomy]:
         """Catalog anatomies the model can segment (reads only its manifest, not the weights)."""
         from clnet.catalog import load_catalog
@@ -100,16 +74,19 @@ class CLNetSegmentationLogic(_LogicBase):
         regions: Sequence[str] | None = None,
         model: str | os.PathLike | None = None,
         force: bool = False,
-        cancel: threading.Event | Callable[[], bool] | None = None,
+        cancel: Cancel = None,
     ):
         """Segment ``inputVolumeNode`` now (blocking) and return the segmentation node.
 
-        Raises ``clnet.errors.ClnetError`` for problems the user can fix and ``CancelledError``
-        when cancelled; in both cases the scene is left exactly as it was.
+        Runs the same worker process as the panel and waits for it. Raises
+        ``clnet.errors.ClnetError`` for problems the user can fix and ``CancelledError`` when
+        cancelled; in both cases the scene is left exactly as it was.
         """
         job = self.createJob(inputVolumeNode, anatomies, outputSegmentationNode, device, fast,
                              regions=regions, model=model, force=force, cancel=cancel)
-        return job.runHere(progressCallback)
+        job.start()
+        job.wait(progressCallback=progressCallback)
+        return job.finish()
 
     def runInBackground(
         self,
@@ -120,8 +97,9 @@ class CLNetSegmentationLogic(_LogicBase):
         fast: bool = False,
         **kwargs,
     ) -> SegmentationJob:
-        """Start a run in a worker thread; poll ``job.isDone()`` and call ``job.finish()`` on the
-        main thread to import the result (``finish`` re-raises the run's error, if any)."""
+        """Start a run in a worker process and return at once. Call ``job.poll()`` from the main
+        thread (a ``qt.QTimer``) until it returns True, then ``job.finish()`` to import the result
+        (``finish`` raises the run's error, if any)."""
         return self.createJob(inputVolumeNode, anatomies, outputSegmentationNode, device, fast, **kwargs).start()
 
     def cancel(self) -> None:
@@ -140,32 +118,46 @@ class CLNetSegmentationLogic(_LogicBase):
         regions: Sequence[str] | None = None,
         model: str | os.PathLike | None = None,
         force: bool = False,
-        cancel: threading.Event | Callable[[], bool] | None = None,
+        cancel: Cancel = None,
     ) -> SegmentationJob:
-        """A not-yet-started job. The volume is read here, on the calling (main) thread."""
+        """A not-yet-started job (``start()`` writes the input and launches the worker)."""
         if inputVolumeNode is None or inputVolumeNode.GetScene() is None:
             raise ValueError("The input volume node must be in a scene.")
-        image = volumeToSitk(inputVolumeNode)  # one copy, taken while we own MRML
-        names = list(anatomies) if anatomies else None
+        checkOutputNode(inputVolumeNode, outputSegmentationNode)
+        spec = model if model is not None else self.model
+        options = ["--device", str(device)]
+        if spec is not None and str(spec) != "":
+            options += ["--model", str(spec)]
+        if anatomies:
+            options += ["--anatomies", *anatomies]
+        if regions:
+            options += ["--regions", *regions]
+        if fast:
+            options.append("--fast")
+        if force:
+            options.append("--force")
 
-        def compute(progress: ProgressCallback, isCancelled: Callable[[], bool]) -> SegmentationResult:
-            progress("Loading model", 0.0)
-            segmenter = self.getSegmenter(model, device)
-            return segmenter.segment(image, anatomies=names, regions=regions, fast=fast, force=force,
-                                     progress=progress, cancel=isCancelled)
+        def importer(outputDir: Path, event: dict):
+            return self.importResultFolder(job, outputDir, event)
 
-        def finish(result: SegmentationResult):
-            return self.importResult(result, inputVolumeNode, outputSegmentationNode)
-
-        external = cancel.is_set if isinstance(cancel, threading.Event) else cancel
-        self._job = SegmentationJob(compute, finish, external)
-        return self._job
+        isCancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        job = SegmentationJob(inputVolumeNode, outputSegmentationNode, options, importer, isCancelled)
+        self._job = job
+        return job
 
     # -- MRML --------------------------------------------------------------------------------
-    def importResult(self, result: SegmentationResult, inputVolumeNode, outputSegmentationNode=None):
-        """Put ``result`` into a segmentation node beside the input (main thread only)."""
+    def importResultFolder(self, job: SegmentationJob, outputDir: Path, event: dict):
+        """Put the worker's output (``segmentation.nii.gz`` + ``segmentation.json``) into a
+        segmentation node beside the input (main thread only); fills ``job.summary``."""
         import SimpleITK as sitk
+        from clnet.catalog import load_catalog
 
+        inputVolumeNode, outputSegmentationNode = job.inputVolumeNode, job.outputSegmentationNode
+        info = json.loads((outputDir / "segmentation.json").read_text(encoding="utf-8"))
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(outputDir / "segmentation.nii.gz")))
+        catalog = load_catalog()
+        requested = [catalog.by_name(n) for n in event.get("requested", [])]
+        present = [catalog.by_name(n) for n in event.get("present", [])]
         scene = inputVolumeNode.GetScene()
         created = outputSegmentationNode is None
         segmentationNode = outputSegmentationNode
@@ -175,19 +167,59 @@ class CLNetSegmentationLogic(_LogicBase):
         try:
             if segmentationNode.GetDisplayNode() is None:
                 segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
-            labels = np.asarray(sitk.GetArrayViewFromImage(result.labels))
-            importLabels(segmentationNode, labels, inputVolumeNode, result.requested)
-            settings = result.settings
+            if created:  # a node the user chose keeps its transform and place in the hierarchy
+                segmentationNode.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
+            ownsGeometry = created or _onlyClnetSegments(segmentationNode)
+            importLabels(segmentationNode, labels, inputVolumeNode, requested, setReferenceGeometry=ownsGeometry)
+            settings = info.get("settings", {})
             segmentationNode.SetAttribute(MODEL_ATTRIBUTE, f"{settings.get('model')} {settings.get('model_version')}")
-            placeBeside(segmentationNode, inputVolumeNode)
+            if created:
+                placeBeside(segmentationNode, inputVolumeNode)
         except Exception:
             if created:  # leave the scene as it was
                 scene.RemoveNode(segmentationNode)
             raise
-        for warning in result.warnings:
+        warnings = list(info.get("warnings", []))
+        for warning in warnings:
             log.warning(warning)
-        missing = [a.display_name for a in result.requested if a not in result.present]
+        missing = [a.display_name for a in requested if a not in present]
         if missing:
             log.info("Not found in this image: %s", ", ".join(missing))
+        job.summary = {"requested": requested, "present": present, "missing": missing, "warnings": warnings,
+                       "timings": info.get("timings_s", {}), "settings": settings}
         return segmentationNode
+
+
+def outcomeText(summary: dict) -> tuple[str, str]:
+    """(short status for the progress bar, one line for the log) of a finished run's summary."""
+    found = f"{len(summary['present'])} of {len(summary['requested'])} anatomies found"
+    seconds = sum(summary.get("timings", {}).values())
+    line = f"Done in {seconds:.1f} s of engine time: {found}."
+    if summary.get("missing"):
+        line += f" Not found: {', '.join(summary['missing'])}."
+    warnings = " ".join(summary.get("warnings", []))
+    return f"Done: {found}", f"{line} {warnings}".strip()
+
+
+def _onlyClnetSegments(segmentationNode) -> bool:
+    segmentation = segmentationNode.GetSegmentation()
+    return set(clnetSegmentIds(segmentationNode)) == set(segmentation.GetSegmentIDs())
+
+
+def checkOutputNode(inputVolumeNode, outputSegmentationNode) -> None:
+    """Refuse an output segmentation that would put the result in the wrong place."""
+    from clnet.errors import ClnetError
+
+    if outputSegmentationNode is None:
+        return
+    if outputSegmentationNode.GetScene() is not inputVolumeNode.GetScene():
+        raise ClnetError("The output segmentation is not in the input volume's scene.",
+                         "Choose another output, or let the module create a new segmentation.")
+    if outputSegmentationNode.GetTransformNodeID() != inputVolumeNode.GetTransformNodeID():
+        raise ClnetError(
+            f"The output segmentation '{outputSegmentationNode.GetName()}' is under a different transform "
+            f"than the CT '{inputVolumeNode.GetName()}', so the result would be misplaced.",
+            "Put both under the same transform (Data module), or choose 'Create new segmentation'.")
+
+
+__all__ = ["MODEL_ATTRIBUTE", "CLNetSegmentationLogic", "checkOutputNode", "outcomeText"]

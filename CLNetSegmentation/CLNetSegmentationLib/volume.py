@@ -60,6 +60,14 @@ def volumeToSitk(volumeNode):
     return image
 
 
+def writeVolume(volumeNode, path) -> None:
+    """Write the node's voxels and geometry (LPS, parent transform ignored as in
+    :func:`volumeToSitk`) to ``path``, uncompressed: the worker process reads it."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(volumeToSitk(volumeNode), str(path), useCompression=False)
+
+
 def volumeFingerprint(volumeNode) -> str:
     """sha256 of the voxels, scalar type and IJK→RAS matrix (to prove a volume was not modified)."""
     h = hashlib.sha256()
