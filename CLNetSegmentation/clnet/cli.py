@@ -116,31 +116,6 @@ def cmd_anatomies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import install_model, list_models
-
-    if args.action == "list":
-        for name, path, manifest in list_models():
-            if manifest is None:
-                print(f"{name:<20} {path}  (unreadable manifest)")
-                continue
-            flag = "demo" if manifest.demo else ("clinical" if manifest.clinical_use else "research")
-            print(f"{name:<20} {len(manifest.decoders)} decoders, {len(manifest.anatomy_owner())} anatomies, "
-                  f"{flag}  {path}")
-        return 0
-    if args.path is None:
-        raise ClnetError(f"`clnet models {args.action}` needs a PATH.")
-    if args.action == "verify":
-        from .checkpoint import verify_model
-
-        m = verify_model(args.path)
-        print(f"OK: {m.name} — encoder and {len(m.decoders)} decoder(s) match their sha256 and architecture")
-        return 0
-    target = install_model(args.path, name=args.name, overwrite=args.overwrite)
-    print(f"installed {target}")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .catalog import load_catalog
     from .io import dice_per_label, read_image
@@ -188,13 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--all-models", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=cmd_anatomies)
 
-    m = sub.add_parser("models", help="list, verify or install models")
-    m.add_argument("action", nargs="?", default="list", choices=["list", "verify", "install"])
-    m.add_argument("path", nargs="?")
-    m.add_argument("--name", help="install under this name")
-    m.add_argument("--overwrite", action="store_true")
-    m.set_defaults(func=cmd_models)
-
     e = sub.add_parser("evaluate", help="Dice per label between a prediction and a reference label map")
     e.add_argument("prediction")
     e.add_argument("reference")
@@ -207,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable]:
-    """Subcommands defined next to their feature (training, import, batch) when present."""
+    """Subcommands defined next to their feature (models, training, import, batch) when present."""
     found = []
-    for mod in ("clnet.training.cli", "clnet.official.cli", "clnet.bodypart.cli", "clnet.batch.cli"):
+    for mod in ("clnet.models_cli", "clnet.training.cli", "clnet.official.cli", "clnet.bodypart.cli", "clnet.batch.cli"):
         try:
             found.append(__import__(mod, fromlist=["register"]).register)
         except ModuleNotFoundError as exc:
