@@ -125,10 +125,26 @@ def cmd_download(args: argparse.Namespace) -> int:
                             message=events.message)
         close = lambda: None  # noqa: E731
     else:
-        update, close = _progress(args)
-        feedback = Feedback(progress=(lambda stage, fraction, **d: update(stage, fraction)) if update else
-                            (lambda *a, **k: None),
-                            message=(lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr)))
+        bar: dict = {}  # the progress bar appears with the first progress, not before an early error
+
+        def progress(stage: str, fraction: float, **_details) -> None:
+            if not bar:
+                bar["update"], bar["close"] = _progress(args)
+            if bar["update"] is not None:
+                bar["update"](stage, fraction)
+
+        def message(text: str) -> None:
+            if quiet:
+                return
+            if bar.get("update") is not None:
+                from tqdm import tqdm
+
+                tqdm.write(text, file=sys.stderr)  # above the bar, not through it
+            else:
+                print(text, file=sys.stderr)
+
+        feedback = Feedback(progress=progress, message=message)
+        close = lambda: bar and bar["close"]()  # noqa: E731
     previous = _install_sigterm()
     try:
         result = download_official(args.heads, source=args.source, revision=args.revision, name=args.name,

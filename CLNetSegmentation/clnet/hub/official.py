@@ -282,7 +282,8 @@ def download_official(
                 (originals / f.path).unlink(missing_ok=True)
                 _prune_empty((originals / f.path).parent, originals.parent)
         fb.progress("done", 1.0)
-        return DownloadResult(name, target, sorted(plan.heads), label, commit, plan.size, bp.received,
+        return DownloadResult(name, target, sorted(plan.heads), label, commit, plan.size,
+                              bp.received if from_hub else 0,
                               _folder_bytes(target), originals=kept, default=set_default,
                               seconds=time.monotonic() - t0)
 

@@ -152,9 +152,13 @@ def fetch_file(repo: str, commit: str, file: ReleaseFile, dest: Path, progress: 
     """
     if offline_mode():
         raise _offline_error(f"download {file.path}")
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
+
+    # http_get hands over data in chunks of this size (10 MB by default): smaller chunks give finer
+    # progress, and bound what an interruption loses (a chunk still being received is not written).
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, _CHUNK)
 
     url = hf_hub_url(repo, file.path, revision=commit)
     try:
