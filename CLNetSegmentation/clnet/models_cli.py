@@ -101,12 +101,11 @@ def _install_sigterm() -> object:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from .cli import _events, _json_mode, _progress
-    from .hub import Feedback, common_size, download_official, list_heads
+    from .hub import Feedback, describe_release, download_official
     from .hub.release import format_size
 
     if args.list_heads:
-        heads = list_heads(args.source, revision=args.revision)
-        common = common_size(args.source, revision=args.revision)
+        heads, common = describe_release(args.source, revision=args.revision)
         if _json_mode(args):
             _events(args).result(heads=[h.__dict__ for h in heads], common_bytes=common)
             return 0

@@ -3,8 +3,8 @@
 Light to import: ``huggingface_hub`` and torch are loaded only when a download or import runs.
 """
 
-from .official import DownloadResult, Feedback, common_size, download_official, downloads_dir, list_heads
+from .official import DownloadResult, Feedback, describe_release, download_official, downloads_dir
 from .release import OFFICIAL_REPO, HeadInfo, resolve_heads
 
-__all__ = ["OFFICIAL_REPO", "DownloadResult", "Feedback", "HeadInfo", "common_size", "download_official",
-           "downloads_dir", "list_heads", "resolve_heads"]
+__all__ = ["OFFICIAL_REPO", "DownloadResult", "Feedback", "HeadInfo", "describe_release", "download_official",
+           "downloads_dir", "resolve_heads"]

@@ -102,20 +102,16 @@ def open_release(source: str | Path | None, repo: str, revision: str,
            None)
 
 
-def list_heads(source: str | Path | None = None, repo: str = OFFICIAL_REPO, revision: str = "main") -> list[HeadInfo]:
-    """The release's heads with their download sizes (from the hub's metadata) — for listings and dialogs.
+def describe_release(source: str | Path | None = None, repo: str = OFFICIAL_REPO,
+                     revision: str = "main") -> tuple[list[HeadInfo], int]:
+    """The release's heads with their download sizes (from the hub's records, or the copy's file sizes),
+    and the bytes every download needs whatever the heads (general encoder and body-part model).
 
-    The general encoder and the body-part model, needed by every head, are in :func:`common_size`.
+    One listing of the release; this is what ``--list-heads`` prints and what a dialog can show.
     """
     with open_release(source, repo, revision) as (release, _commit, _label, _copy):
-        return release.heads()
-
-
-def common_size(source: str | Path | None = None, repo: str = OFFICIAL_REPO, revision: str = "main") -> int:
-    """Bytes every download needs whatever the heads: the general encoder task and the body-part model."""
-    with open_release(source, repo, revision) as (release, _commit, _label, _copy):
         enc = release.encoder_task()
-        return (enc.size if enc else 0) + sum(f.size or 0 for f in release.bpr_model)
+        return release.heads(), (enc.size if enc else 0) + sum(f.size or 0 for f in release.bpr_model)
 
 
 # --------------------------------------------------------------------------- helpers
