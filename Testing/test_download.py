@@ -167,7 +167,8 @@ def test_interrupted_download_resumes(hub, tmp_path):
     hub.cut[big] = half
     hub.down_after_cut = True
     line = one_error_line(clnet(env, "models", "download", "official", "--heads", "abdomen"))
-    assert "503" in line and "--from" in line
+    # huggingface_hub retries the broken transfer once the hub is down; 2.x reports the 503, 1.0 the failed connection.
+    assert ("503" in line or "Cannot reach" in line) and "--from" in line and "again" in line
     assert not (tmp_path / "clnet" / "models" / "clnet-official").exists() and leftovers(tmp_path) == []
     parts = part_files(tmp_path)
     assert len(parts) == 1 and parts[0].name.startswith("model_final_checkpoint.model.")
