@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from clnet.events import parse_event
-from hub_server import FakeHub, closed_port
+from hub_server import FakeHub, closed_port, git_blob_id
 from official_release import ENCODER_TASK, RESULTS, build_release, head_task
 from test_official_import import TRAINER
 
@@ -258,7 +258,7 @@ def test_offline_uses_a_hub_cache_snapshot(hub, tmp_path):
     repo = tmp_path / "hf" / "hub" / "models--legendchilli--clNet"
     snap = repo / "snapshots" / hub.commit
     for path, data in hub.files.items():
-        blob = repo / "blobs" / (hub.sha256[path] if path in hub.lfs else hashlib.sha1(data).hexdigest())
+        blob = repo / "blobs" / (hub.sha256[path] if path in hub.lfs else git_blob_id(data))
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
         (snap / path).parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def test_from_folder_and_unsafe_zip(release, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CLNET_HOME", str(tmp_path / "clnet"))
     monkeypatch.delenv("CLNET_MODEL", raising=False)
-    r = download_official(["chest_lns"], source=release, set_default=True)
+    r = download_official(["chest_lns"], source=release / RESULTS, set_default=True)  # the results/ folder itself
     assert r.heads == ["Chest_LNS"] and r.downloaded_bytes == 0 and r.default
     assert resolve_model(None) == r.path
 

@@ -18,6 +18,7 @@ from ..errors import ModelError
 from .release import ReleaseFile
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_BLOB = re.compile(r"^[0-9a-f]{40}$")
 
 
 def list_folder(root: Path) -> list[ReleaseFile]:
@@ -30,12 +31,13 @@ def list_folder(root: Path) -> list[ReleaseFile]:
                 continue
             path = Path(dirpath) / fn
             rel = path.relative_to(root).as_posix()
-            sha = None
-            if path.is_symlink():  # a hub cache snapshot: the blob's name is the sha256 of an LFS file
+            sha = blob_id = None
+            if path.is_symlink():  # a hub cache snapshot: blobs are named by sha256 (LFS) or git blob id
                 blob = path.resolve().name
                 sha = blob if _SHA256.match(blob) else None
+                blob_id = blob if _GIT_BLOB.match(blob) else None
             try:
-                out.append(ReleaseFile(rel, path.stat().st_size, sha))
+                out.append(ReleaseFile(rel, path.stat().st_size, sha, blob_id))
             except OSError:
                 continue  # a dangling link
     return out
