@@ -213,8 +213,8 @@ def test_debug_is_accepted_anywhere_on_the_line(tiny_model_dir):
     assert _split_debug(["--debug", "anatomies"]) == (["anatomies"], True)
     assert _split_debug(["anatomies", "--", "--debug"]) == (["anatomies", "--", "--debug"], False)
     assert main(["anatomies", "--json", "--model", str(tiny_model_dir), "--debug"]) == 0
-    proc = clnet("models", "install", "--debug")  # a ClnetError stays one line, with or without --debug
-    assert_clean_error(proc, "needs a PATH")
+    proc = clnet("models", "verify", "no-such-model", "--debug")  # a ClnetError stays one line, with or without --debug
+    assert_clean_error(proc, "not found")
 
 
 def test_a_bad_output_location_fails_before_any_work(tmp_path):

@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: The module is imported only when one of its commands is run (its package may import torch);
 #: ``Testing/test_cli.py`` checks that these lines match what each module registers.
 PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
+    "clnet.models_cli": {"models": "list, verify, install or download models; choose the default"},
     "clnet.training.cli": {
         "train": "train the general encoder and first decoder(s) (stage 1)",
         "add-decoder": "train a new decoder on a model's frozen encoder",
@@ -174,31 +175,6 @@ def cmd_anatomies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import install_model, list_models
-
-    if args.action == "list":
-        for name, path, manifest in list_models():
-            if manifest is None:
-                print(f"{name:<20} {path}  (unreadable manifest)")
-                continue
-            flag = "demo" if manifest.demo else ("clinical" if manifest.clinical_use else "research")
-            print(f"{name:<20} {len(manifest.decoders)} decoders, {len(manifest.anatomy_owner())} anatomies, "
-                  f"{flag}  {path}")
-        return 0
-    if args.path is None:
-        raise ClnetError(f"`clnet models {args.action}` needs a PATH.")
-    if args.action == "verify":
-        from .checkpoint import verify_model
-
-        m = verify_model(args.path)
-        print(f"OK: {m.name} — encoder and {len(m.decoders)} decoder(s) match their sha256 and architecture")
-        return 0
-    target = install_model(args.path, name=args.name, overwrite=args.overwrite)
-    print(f"installed {target}")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io.evaluate_report import evaluate_files, format_report
 
@@ -240,13 +216,6 @@ def build_parser(plugins: Iterable[str] | None = None) -> argparse.ArgumentParse
     a.add_argument("--model", help="model folder or name (default: the bundled model)")
     a.add_argument("--all-models", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=cmd_anatomies)
-
-    m = sub.add_parser("models", help="list, verify or install models")
-    m.add_argument("action", nargs="?", default="list", choices=["list", "verify", "install"])
-    m.add_argument("path", nargs="?")
-    m.add_argument("--name", help="install under this name")
-    m.add_argument("--overwrite", action="store_true")
-    m.set_defaults(func=cmd_models)
 
     e = sub.add_parser(
         "evaluate", help="Dice and surface distances per anatomy between a prediction and a reference",
