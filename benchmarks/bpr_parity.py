@@ -15,8 +15,10 @@ unpinned dependencies of pytorch_lightning 1.2.10; the pins above only shorten t
 
     python benchmarks/bpr_parity.py --bpreg-python .venv-bpreg/bin/python --workdir /tmp/bpr-parity
 
-Weights: random ones in bpreg's layout (``random``), and the same with fc7 fitted so the example CT's
-scores rise from -8 across the pelvis landmark (``fitted``: exercises bpreg's outlier-tail cleaning).
+Weights: random ones in bpreg's layout (``random``, the check the issue asks for), and the same with fc7
+fitted so the example CT's scores rise from -8 across the pelvis landmark (``fitted``), and so that they
+stay flat below -4 (``fitted_flat_tail``: slopes under bpreg's lower quantile, a tail its cleaning drops
+and CL-Net fills again).
 Inputs (written as LPS NIfTI, the orientation the official pipeline feeds bpreg): the example CT; the
 same at 512 × 512 in-plane and 1.5 mm slices; the same at non-square 0.9 × 0.6 mm pixels and 5 mm
 slices; and, as stored (not LPS), the example CT, where bpreg and clnet differ by design (see docs).
@@ -87,9 +89,11 @@ def weights(kind: str, real_ct: Path, folder: Path) -> Path:
     if (folder / "model.pt").is_file():
         return folder
     state = random_state_dict(seed=11)
-    if kind == "fitted":
+    if kind != "random":
         prepared = bpreg_slices(sitk.ReadImage(str(real_ct)))
         targets = score_targets(prepared.z_mm, -8.0)
+        if kind == "fitted_flat_tail":  # flat below -4: slopes under bpreg's lower quantile, a tail to drop
+            targets = np.maximum(targets, -4.0)
         state = fit_output_layer(state, pooled_features(state, prepared.slices), raw_for_scores(targets))
     return write_release_folder(folder, state)
 
@@ -166,7 +170,7 @@ def main() -> int:
     inputs = cases(real_ct, workdir)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or torch.get_num_threads()))
     results: dict = {}
-    for kind in ("random", "fitted"):
+    for kind in ("random", "fitted", "fitted_flat_tail"):
         folder = weights(kind, real_ct, workdir / kind / "public_bpr_model")
         ref_dir = workdir / kind / "bpreg"
         cmd = [args.bpreg_python, str(HERE / "_bpreg_reference.py"), str(folder), str(ref_dir)]
@@ -184,10 +188,10 @@ def main() -> int:
         "random weights vs the official CL-Net path": max(worst(r["official_path"]) for k, r in lps.items()
                                                            if k.startswith("random/")),
         "fitted weights vs the official CL-Net path": max(worst(r["official_path"]) for k, r in lps.items()
-                                                          if k.startswith("fitted/")),
+                                                          if k.startswith("fitted")),
     }
-    info = {"fitted weights vs bpreg nifti2json (float32 input; reported, see below)":
-            max(worst(r["nifti2json"]) for k, r in lps.items() if k.startswith("fitted/"))}
+    info = {"fitted weights vs bpreg nifti2json (its float32 input)":
+            max(worst(r["nifti2json"]) for k, r in lps.items() if k.startswith("fitted"))}
     passed = all(v <= TOLERANCE for v in checks.values())
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),

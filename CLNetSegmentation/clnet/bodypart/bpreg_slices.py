@@ -9,7 +9,7 @@ behaviour, checked against bpreg's own code by ``benchmarks/bpr_parity.py``):
 3. A Gaussian blur in-plane before resampling, sigma = 0.8 × 0.25 / (downscaling factor) pixels per
    axis, cut at 3 sigma, mirrored at the border.
 4. Bilinear resampling of each slice to round(n × spacing / 3.5) pixels per axis (OpenCV's
-   ``INTER_LINEAR`` rule: pixel centres, edge pixels repeated, source positions in float32).
+   ``INTER_LINEAR`` rule: pixel centres, edge pixels repeated).
 5. Centred padding with -1 up to 128, then a centred crop to 128 × 128.
 
 Slices are independent of each other, so the volume is processed a few slices at a time.
@@ -72,20 +72,18 @@ class BpregSlices:
 def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of OpenCV's bilinear resize along one axis (n_in → n_out samples).
 
-    Output sample d reads position (d + 0.5) · n_in / n_out - 0.5 (computed in float32, as OpenCV does),
-    between its two neighbours; positions outside the image take the edge pixel.
+    Output sample d reads position (d + 0.5) · n_in / n_out - 0.5 between its two neighbours; positions
+    outside the image take the edge pixel. For float64 images OpenCV (4.x) computes positions and weights
+    in double precision, and so does this.
     """
     scale = 1.0 / (n_out / n_in)
-    pos = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    pos = (np.arange(n_out) + 0.5) * scale - 0.5
     lo = np.floor(pos).astype(np.int64)
-    frac = (pos - lo.astype(np.float32)).astype(np.float32)
-    low_edge, high_edge = lo < 0, lo >= n_in - 1
-    frac[low_edge | high_edge] = 0.0
+    w_hi = pos - lo
+    w_hi[(lo < 0) | (lo >= n_in - 1)] = 0.0
     lo = np.clip(lo, 0, n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    w_hi = frac.astype(np.float64)
-    w_lo = (np.float32(1.0) - frac).astype(np.float64)
-    return lo, hi, w_lo, w_hi
+    return lo, hi, 1.0 - w_hi, w_hi
 
 
 def _resample_axis(a: np.ndarray, axis: int, n_out: int) -> np.ndarray:

@@ -34,8 +34,8 @@ FORMAT_NAME = "clnet-bodypart"
 FORMAT_VERSION = 1
 METADATA_KEY = "clnet_bodypart"
 
-#: bpreg's expected slope of the score along the body axis (units per mm), see
-#: /work/shared/reference/clnet-official-format.md section 4 ("slope_mean 0.1194").
+#: bpreg's expected slope of the score along the body axis (units per mm): the
+#: bpreg public model's inference-settings.json ("slope_mean": 0.1194).
 SLOPE_UNITS_PER_MM = 0.1194
 
 #: Scores assigned to landmarks on the bpreg/CL-Net scale. ``pelvis_start`` is bpreg's zero (the most
