@@ -294,9 +294,9 @@ def test_settings_refuse_other_architectures(tmp_path) -> None:
 def test_cli_scores_with_a_model_folders_own_network(imported, scan, tmp_path, capsys) -> None:
     from clnet.cli import main
 
-    path = tmp_path / "one_slice.nii.gz"
-    sitk.WriteImage(scan[:, :, 5:6], str(path))
+    path = tmp_path / "coronal.nii.gz"
+    sitk.WriteImage(sitk.PermuteAxes(scan[:, :, 8:18], [0, 2, 1]), str(path))
     assert main(["bodypart", "score", str(path), "--model", str(imported), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["scorer"] == "bpreg-vgg16" and out["problem"] == "it has a single slice" and not out["reliable"]
-    assert out["scores"] == [None]
+    assert out["scorer"] == "bpreg-vgg16" and out["problem"].startswith("its slices are not axial")
+    assert not out["reliable"] and out["scores"] == [None] * 10
