@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
@@ -43,6 +44,7 @@ class LoadedModel:
     manifest: Manifest
     network: CLNet
     directory: Path | None = None
+    bodypart: Any = None  # the model's own body-part scorer (manifest ``bodypart``), verified; None: none
 
     @property
     def anatomies(self) -> list[str]:
@@ -123,7 +125,15 @@ def load_model(
         _load_into(network.decoders[n], _read_verified(directory, entry.file, entry.sha256, f"decoder {n}"),
                    f"decoder {n}")
     network.eval().to(device)
-    return LoadedModel(manifest=manifest, network=network, directory=directory)
+    bodypart = None
+    if manifest.bodypart is not None:
+        from .bodypart import load_scorer
+
+        entry = manifest.bodypart
+        what = f"the body-part network ({entry.kind})"
+        bodypart = load_scorer(entry.kind, _read_verified(directory, entry.file, entry.sha256, what), entry.settings,
+                               what)
+    return LoadedModel(manifest=manifest, network=network, directory=directory, bodypart=bodypart)
 
 
 def verify_model(directory: str | Path) -> Manifest:
@@ -149,12 +159,15 @@ def save_model(
     directory: str | Path,
     overwrite: bool = False,
     copy_from: str | Path | None = None,
+    bodypart: bytes | None = None,
 ) -> Manifest:
     """Write ``network`` as a model folder described by ``manifest`` (sha256 and file names filled in).
 
     With ``copy_from``, files whose manifest entry already names a file with a sha256 there are
     copied byte for byte instead of re-serialised: this is how continual learning keeps the encoder
     and old decoders bit-identical. The folder appears atomically (written beside it, then renamed).
+    ``bodypart``: the bytes of the body-part network ``manifest.bodypart`` names; without them that
+    file is copied from ``copy_from`` (its sha256 must match).
     """
     directory = Path(directory)
     if directory.exists() and not overwrite:
@@ -182,6 +195,8 @@ def save_model(
                 manifest.encoder_file, manifest.encoder_sha256 = file, digest
             else:
                 manifest.decoders[name].file, manifest.decoders[name].sha256 = file, digest
+        if manifest.bodypart is not None:
+            _write_bodypart(manifest, tmp, source, bodypart)
         _write_bytes(tmp / MANIFEST_NAME, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
         tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared and packaged
         if directory.exists():
@@ -191,3 +206,20 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _write_bodypart(manifest: Manifest, tmp: Path, source: Path | None, data: bytes | None) -> None:
+    """Put the body-part network file of ``manifest.bodypart`` into the folder being written."""
+    entry = manifest.bodypart
+    assert entry is not None
+    file = entry.file or "bodypart.safetensors"
+    if Path(file).name != file:
+        raise ModelError(f"The manifest names an unsafe body-part file {file!r}.", "Only plain file names are allowed.")
+    if data is not None:
+        _write_bytes(tmp / file, data)
+        entry.file, entry.sha256 = file, sha256_bytes(data)
+    elif source is not None and entry.sha256 and (source / file).is_file() and sha256_file(source / file) == entry.sha256:
+        shutil.copyfile(source / file, tmp / file)
+    else:
+        raise ModelError(f"The manifest names a body-part network ({file}) but its bytes were not given and no "
+                         "matching copy was found.", "Pass the model folder it came from as copy_from.")

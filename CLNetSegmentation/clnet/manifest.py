@@ -153,6 +153,30 @@ class DecoderEntry:
 
 
 @dataclass
+class BodyPartEntry:
+    """The model's own body-part network (optional): a weight file, its kind and its settings.
+
+    ``kind`` says which scorer reads the file: ``bpreg-vgg16`` (the official release's network, imported
+    by ``clnet import-official``) or ``clnet-bodypart`` (a file made by ``clnet bodypart train``).
+    """
+
+    kind: str
+    file: str
+    sha256: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "settings": self.settings,
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BodyPartEntry:
+        return cls(kind=str(d["kind"]), file=str(d["file"]), sha256=str(d.get("sha256", "")),
+                   settings=dict(d.get("settings") or {}), info=dict(d.get("info") or {}))
+
+
+@dataclass
 class Manifest:
     name: str
     encoder: EncoderConfig
@@ -168,6 +192,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    bodypart: BodyPartEntry | None = None  # the model's own body-part network; None: clnet's bundled one
 
     def decoder_preprocessing(self, decoder: str) -> Preprocessing:
         """The decoder's own preprocessing (imported official heads may differ) or the model's."""
@@ -202,6 +227,7 @@ class Manifest:
             "provenance": self.provenance,
             "metrics": self.metrics,
             **({"extra": self.extra} if self.extra else {}),
+            **({"bodypart": self.bodypart.to_dict()} if self.bodypart else {}),
         }
 
     @classmethod
@@ -233,6 +259,7 @@ class Manifest:
                 provenance=dict(d.get("provenance", {})),
                 metrics=dict(d.get("metrics", {})),
                 extra=dict(d.get("extra", {})),
+                bodypart=BodyPartEntry.from_dict(d["bodypart"]) if d.get("bodypart") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc

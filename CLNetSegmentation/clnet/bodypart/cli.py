@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("score", help="print the body-position score of every axial slice")
     s.add_argument("image", help="CT image (NIfTI, NRRD, MHA or a DICOM folder)")
-    s.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
+    s.add_argument("--model", type=Path,
+                   help="model file, or a model folder whose own body-part network to use (e.g. the official "
+                        "bpreg network of an imported release; default: the bundled demo model)")
     s.add_argument("--sha256", help="refuse the model file unless it has this sha256")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_score)
@@ -69,18 +71,37 @@ def _finite(value: float) -> float | None:
     return round(float(value), 4) if math.isfinite(value) else None
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from ..io import read_image
+def _scorer(path: Path | None, sha256: str | None):
+    """The scorer ``--model`` names: a clnet body-part file, or a model folder's own network."""
+    from ..errors import ModelError
     from . import DEFAULT_WEIGHTS, BodyPartModel
 
-    model = BodyPartModel.load(args.model or DEFAULT_WEIGHTS, sha256=args.sha256)
+    if path is not None and path.is_dir():
+        from ..checkpoint import load_model
+
+        loaded = load_model(path, decoders=[])
+        if loaded.bodypart is None:
+            raise ModelError(f"Model {path} has no body-part network of its own.",
+                             "Omit --model to use the bundled one, or import the release with public_bpr_model/.")
+        return loaded.bodypart
+    return BodyPartModel.load(path or DEFAULT_WEIGHTS, sha256=sha256)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ..io import read_image
+
+    model = _scorer(args.model, args.sha256)
     details = model.score_details(read_image(args.image).image)
     if args.json:
         print(json.dumps({"z_mm": [round(float(v), 3) for v in details.z_mm],
-                          "scores": [round(float(v), 3) for v in details.cleaned],
-                          "raw_scores": [round(float(v), 3) for v in details.raw],
+                          "scores": [_finite(v) for v in details.cleaned],
+                          "raw_scores": [_finite(v) for v in details.raw],
                           "slope_ratio": _finite(details.slope_ratio), "reliable": details.reliable,
-                          "outlier_slices": details.outliers}))
+                          "outlier_slices": details.outliers, "scorer": details.scorer, "problem": details.problem}))
+        return 0
+    print(f"scorer: {details.scorer}")
+    if details.problem:
+        print(f"warning: this scorer cannot score the image: {details.problem}")
         return 0
     print(f"{'slice':>5}  {'z_mm':>9}  {'score':>7}  {'raw':>7}")
     for k, (z, c, r) in enumerate(zip(details.z_mm, details.cleaned, details.raw)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ FORMAT_NAME = "clnet-bodypart"
 FORMAT_VERSION = 1
 METADATA_KEY = "clnet_bodypart"
 
-#: bpreg's expected slope of the score along the body axis (units per mm), see
-#: /work/shared/reference/clnet-official-format.md section 4 ("slope_mean 0.1194").
+#: bpreg's expected slope of the score along the body axis (units per mm): the
+#: bpreg public model's inference-settings.json ("slope_mean": 0.1194).
 SLOPE_UNITS_PER_MM = 0.1194
 
 #: Scores assigned to landmarks on the bpreg/CL-Net scale. ``pelvis_start`` is bpreg's zero (the most
@@ -94,19 +95,24 @@ class SliceScores:
     cleaned: np.ndarray  # smooth, monotone scores (what score_slices returns)
     slope: float  # robust fit of raw scores against z, units per mm
     outliers: int  # slices whose raw score was replaced by the robust line
+    expected_slope: float = SLOPE_UNITS_PER_MM  # units per mm the scorer's scale should rise by
+    problem: str | None = None  # why the scorer could not score this image at all (then nothing is gated)
+    scorer: str = "clnet-bodypart"  # which kind of network scored the slices
+    details: dict[str, Any] = field(default_factory=dict)  # scorer-specific diagnostics (JSON-ready)
 
     @property
     def slope_ratio(self) -> float:
         """Observed / expected slope: far from 1 means the scan (or the model) is not trustworthy."""
-        return self.slope / SLOPE_UNITS_PER_MM
+        return self.slope / self.expected_slope
 
     @property
     def reliable(self) -> bool:
-        """False when the scores do not rise along the body as expected (0.5 to 2 x the expected slope).
+        """False when the scores do not rise along the body as expected (0.5 to 2 x the expected slope),
+        or when the scorer could not score the image (``problem``).
 
         Callers should then not gate decoders by position for this image (run them all).
         """
-        return bool(np.isfinite(self.slope_ratio) and 0.5 <= self.slope_ratio <= 2.0)
+        return bool(self.problem is None and np.isfinite(self.slope_ratio) and 0.5 <= self.slope_ratio <= 2.0)
 
 
 @dataclass
@@ -205,8 +211,12 @@ class BodyPartModel:
         raw = torch.cat(out).double().numpy() if out else np.zeros(0)
         return raw * self.scale + self.offset
 
-    def score_details(self, image: sitk.Image) -> SliceScores:
-        """Raw and cleaned scores with the fit diagnostics, slices in LPS order (inferior to superior)."""
+    def score_details(self, image: sitk.Image, device: torch.device | str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> SliceScores:
+        """Raw and cleaned scores with the fit diagnostics, slices in LPS order (inferior to superior).
+
+        ``device`` and ``progress`` are accepted for the scorer interface; this small network always
+        runs on the CPU in one go."""
         slices, z = self.prepare(image)
         raw = self.raw_scores(slices)
         cleaned, slope, outliers = clean_scores(z, raw)

@@ -7,7 +7,11 @@ axial slice of the input. The network then runs only on the *slab* of model-grid
 lie in some decoder's window (enlarged to at least one tile, as the official pipeline crops each
 head's input), and within the slab a tile runs a decoder only if the scores of the slices it covers
 reach into that decoder's window. Decoders without a window always run everywhere. When the scores do
-not look trustworthy for a scan (they do not rise along the body as expected), nothing is gated.
+not look trustworthy for a scan (they do not rise along the body as expected), or the scorer cannot
+score it at all (one slice, non-axial slices, not a CT), nothing is gated.
+
+The scores come from the model's own body-part network when its manifest names one (the official
+release's bpreg network after ``clnet import-official``), else from clnet's bundled one.
 """
 
 from __future__ import annotations
@@ -74,3 +78,27 @@ class Gate:
             return keep
 
         return active
+
+
+def scoring_record(details: SliceScores, source: str) -> dict:
+    """JSON-ready summary of how the slices were scored, for ``segmentation.json``: which network
+    (``kind``; ``source`` = the model's own or clnet's bundled one), the scores' range and slope, and
+    whether they were trusted."""
+    finite = np.asarray(details.cleaned, dtype=float)
+    finite = finite[np.isfinite(finite)]
+
+    def num(v: float) -> float | None:
+        return round(float(v), 4) if np.isfinite(v) else None
+
+    return {
+        "kind": details.scorer,
+        "source": source,
+        "slices": int(np.asarray(details.z_mm).size),
+        "score_range": [num(finite.min()), num(finite.max())] if finite.size else None,
+        "slope_units_per_mm": num(details.slope),
+        "expected_slope_units_per_mm": num(details.expected_slope),
+        "slope_ratio": num(details.slope_ratio),
+        "reliable": details.reliable,
+        "problem": details.problem,
+        **({"details": details.details} if details.details else {}),
+    }

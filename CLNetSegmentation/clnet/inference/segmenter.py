@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
-from ..bodypart import BodyPartModel
+from ..bodypart import BodyPartModel, BpregModel
 from ..bodypart import load_default as load_default_bodypart
 from ..catalog import Anatomy, load_catalog
 from ..checkpoint import LoadedModel, load_model
@@ -22,7 +22,7 @@ from ..io import LoadedImage, read_image, validate_ct
 from ..manifest import Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device, select_precision
-from .gating import Gate
+from .gating import Gate, scoring_record
 from .locate import LOCATE_MARGIN_MM, labelled_corners, tiling_region
 from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
 from .preprocessing import Geometry, labels_to_input_grid, prepare
@@ -88,7 +88,7 @@ class Segmenter:
         self.catalog = load_catalog()
         self.batch_size = max(1, int(batch_size))
         self.gating = gating
-        self._bodypart: BodyPartModel | None = None
+        self._bodypart: tuple[BodyPartModel | BpregModel, str] | None = None
         unknown = [n for n in self.manifest.anatomy_owner() if not self._known(n)]
         if unknown:
             raise ClnetError(f"Model {self.manifest.name} outputs anatomies not in the catalog: {unknown[:5]}.",
@@ -190,7 +190,7 @@ class Segmenter:
         estimate = estimate_memory(image.GetSize(), image.GetSpacing(), self.manifest, run, fast, self.batch_size)
         warnings += check_memory(estimate)
         timings["check"] = time.perf_counter() - t
-        gate = self._gate(image, run, wanted, warnings)
+        gate, scoring = self._gate(image, run, wanted, warnings, report)
         groups = self._preprocessing_groups(run)
         geometry = Geometry.of(image)
         source = _Source(image, release_after=len(groups) - 1 if owned else None)
@@ -262,6 +262,9 @@ class Segmenter:
                 "used": gate is not None,
                 "windows": ({d: list(w) if w else None for d, w in gate.windows.items()} if gate else {}),
                 "skipped_tile_rows": gate.skipped_rows if gate else 0,
+                # Which network scored the slices (model's own or clnet's bundled one), the scores'
+                # range and slope, and why they were not used when they were not.
+                "scorer": scoring,
                 # Per preprocessing group: [first, last + 1) of the model-grid slices the network ran
                 # on, and how many slices that grid has (None: no decoder applied anywhere).
                 "slabs": slabs,
@@ -275,30 +278,41 @@ class Segmenter:
         channels = {d: {str(i): n for i, n in enumerate(self.manifest.decoders[d].anatomies, 1)} for d in heads}
         return SegmentationResult(label_image, requested, present, settings, timings, warnings, heads, channels)
 
-    def _bodypart_model(self) -> BodyPartModel:
-        """The model folder's own body-part model if it has one, else the bundled one (loaded once)."""
+    def _bodypart_model(self) -> tuple[BodyPartModel | BpregModel, str]:
+        """The model's own body-part network if it has one (manifest ``bodypart``, verified when the model
+        was loaded), else the bundled one; loaded once. Also says which one it is."""
         if self._bodypart is None:
-            own = self.manifest.extra.get("bodypart")
-            if own and self.model.directory is not None:
-                self._bodypart = BodyPartModel.load(self.model.directory / own["file"], sha256=own["sha256"])
+            own = self.manifest.extra.get("bodypart")  # older manifests: a clnet model file under extra
+            if self.model.bodypart is not None:
+                self._bodypart = (self.model.bodypart, "model")
+            elif own and self.model.directory is not None:
+                self._bodypart = (BodyPartModel.load(self.model.directory / own["file"], sha256=own["sha256"]), "model")
             else:
-                self._bodypart = load_default_bodypart()
+                self._bodypart = (load_default_bodypart(), "bundled")
         return self._bodypart
 
-    def _gate(self, image: sitk.Image, decoders: Sequence[str], wanted: set[str],
-              warnings: list[str]) -> Gate | None:
+    def _gate(self, image: sitk.Image, decoders: Sequence[str], wanted: set[str], warnings: list[str],
+              report: Reporter | None = None) -> tuple[Gate | None, dict | None]:
+        """The body-part gate for this image (None: nothing gated) and a record of the scoring."""
         windows = {}
         for d in decoders:
             entry = self.manifest.decoders[d]
             windows[d] = entry.window_for(n for n in entry.anatomies if self.catalog.by_name(n).name in wanted)
         if not self.gating or all(w is None for w in windows.values()):
-            return None
-        details = self._bodypart_model().score_details(image)
+            return None, None
+        scorer, source = self._bodypart_model()
+        progress = None
+        if report is not None:
+            def progress(done: int, total: int) -> None:
+                report("check", done / max(total, 1), f"Scoring body position: slice {done}/{total}")
+        details = scorer.score_details(image, device=self.device, progress=progress)
+        scoring = scoring_record(details, source)
         if not details.reliable:
-            warnings.append("Body-part scores look unreliable for this scan (slope ratio "
-                            f"{details.slope_ratio:.2f}); every decoder ran on every tile.")
-            return None
-        return Gate.from_scores(details, windows)
+            why = details.problem or f"slope ratio {details.slope_ratio:.2f}"
+            warnings.append(f"Body-part scores look unreliable for this scan ({details.scorer}: {why}); "
+                            "every decoder ran on every tile.")
+            return None, scoring
+        return Gate.from_scores(details, windows), scoring
 
     def _locate(self, source: _Source, groups: list[tuple[Preprocessing, list[str]]], lookups: dict,
                 overlap: float | None, report: Reporter, timings: dict[str, float], warnings: list[str],

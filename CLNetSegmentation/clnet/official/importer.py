@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import __version__
+from ..bodypart.bpreg_import import find_bpr_folder, import_bpr
 from ..checkpoint import save_model, sha256_file
 from ..errors import ModelError
-from ..manifest import DecoderEntry, Manifest, Preprocessing
+from ..manifest import BodyPartEntry, DecoderEntry, Manifest, Preprocessing
 from ..model import CLNet, Decoder, Encoder
 from ..model.shrink import shrink_decoder
 from .layout import (
@@ -59,6 +58,7 @@ OFFICIAL_TRAINER = "clNetTrainerV2_SelectiveChannelDA_Continual_Decoding_Ensembl
 CHECKPOINT_NAMES = ("model_final_checkpoint.model", "model_best.model", "model_latest.model")
 _TASK_RE = re.compile(r"^Task\d+_.+")
 _MAX_DEPTH = 6
+BODYPART_FILE = "bodypart_bpreg.safetensors"
 
 Log = Callable[[str], None]
 
@@ -240,6 +240,7 @@ def import_official(
     shrink: bool = True,
     overwrite: bool = False,
     log: Log | None = None,
+    bodypart: bool = True,
 ) -> ImportReport:
     """Import the official release found at ``source`` into a clnet model folder at ``output``.
 
@@ -247,6 +248,8 @@ def import_official(
     is ``results`` or the paths recorded in the JSON). ``heads`` limits the import to some heads.
     With ``shrink`` (default) channels that the pruning masks left without effect are removed, so
     the decoders become genuinely smaller networks with the same output (:mod:`clnet.model.shrink`).
+    With ``bodypart`` (default) the release's body-part network (``public_bpr_model/``, anywhere in or
+    just above the tree) is imported too and gates the model's heads (:mod:`clnet.bodypart.bpreg_import`).
     """
     from ..catalog import load_catalog
 
@@ -387,7 +390,7 @@ def import_official(
     uniform = all(p.to_dict() == first.to_dict() for p in preps.values())
     if not uniform:
         warnings.append("decoders use different preprocessing (per-decoder settings in decoders.*.info.preprocessing)")
-    bpr = _probe_bpr_model(root)
+    bodypart_entry, bodypart_bytes, bpr = _import_bodypart(root, log) if bodypart else (None, None, None)
     manifest = Manifest(
         name=name,
         encoder=enc_cfg,
@@ -424,8 +427,9 @@ def import_official(
                 "bpr_model": bpr,
             }
         },
+        bodypart=bodypart_entry,
     )
-    written = save_model(network, manifest, output, overwrite=overwrite)
+    written = save_model(network, manifest, output, overwrite=overwrite, bodypart=bodypart_bytes)
     log(f"wrote {output}: encoder + {len(entries)} decoder(s)")
     skipped = [w for w in warnings if "skipped" in w]
     return ImportReport(Path(output), written, warnings, skipped)
@@ -441,26 +445,16 @@ def _file_record(path: Path, root: Path | None, role: str, task: str) -> dict[st
     return {"task": task, "role": role, "path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _probe_bpr_model(root: Path | None) -> dict[str, Any] | None:
-    """Record the official body-part-regression model if present; it is not used (see docs/official.md).
-
-    We only check, with the safe loader, whether it is a plain state dict that a future
-    re-implementation could load.
-    """
-    if root is None:
-        return None
-    for base in (root, *root.resolve().parents[:3]):
-        path = base / "public_bpr_model" / "model.pt"
-        if path.is_file():
-            break
-    else:
-        return None
-    record: dict[str, Any] = {"path": str(path), "sha256": sha256_file(path), "used": False}
-    try:
-        obj = load_checkpoint_safely(path)
-        record["weights_only_loadable"] = True
-        record["tensors"] = sum(isinstance(v, torch.Tensor) for v in obj.values())
-    except ModelError as exc:
-        record["weights_only_loadable"] = False
-        record["reason"] = str(exc)[:300]
-    return record
+def _import_bodypart(root: Path | None, log: Log) -> tuple[BodyPartEntry | None, bytes | None, dict | None]:
+    """The release's bpreg body-part network as a manifest entry and its safetensors bytes (None: the
+    tree has none, and clnet's own body-part model will gate)."""
+    folder = find_bpr_folder(root)
+    if folder is None:
+        return None, None, None
+    log(f"reading the body-part model {folder}")
+    scorer, info = import_bpr(folder)
+    entry = BodyPartEntry(kind=scorer.kind, file=BODYPART_FILE, settings=scorer.settings.to_dict(), info=info)
+    weights = info["files"]["model.pt"]
+    record = {"path": str(folder / "model.pt"), "sha256": weights["sha256"], "used": True, "file": BODYPART_FILE}
+    log(f"  body-part network: {info['tensors']} tensors, {info['parameters'] / 1e6:.1f} M parameters → {BODYPART_FILE}")
+    return entry, scorer.to_bytes(), record
