@@ -101,3 +101,35 @@ def test_cells_decide_like_the_dense_weighted_mean(dtype):
             assert agree > 0.99 and diff.max() <= 4
     second_row = grid.starts[0][1]
     assert not covered["b"][:second_row].any() and covered["b"][second_row:].all()  # gated off on row 0 only
+
+
+@pytest.mark.parametrize("rule", ["clnet", "official"])
+def test_padding_around_the_volume_and_probabilities_on_request(rule):
+    """The volume may sit inside the padded grid (centred padding): blocks come back in the volume's own
+    coordinates, and with ``keep_probabilities`` they carry the weighted-mean probabilities themselves.
+    The official importance map (weights down to 4e-11) keeps the normalisation exact."""
+    from clnet.inference.importance import importance_map
+
+    shape, patch = (30, 20, 26), (12, 10, 14)
+    grid = TileGrid(shape, patch, 0.2, rule)
+    importance = importance_map(patch, 0.125, "official")
+    assert float(importance.min()) < 1e-9
+    plan = [frozenset({"a"})] * len(grid.tiles)
+    rng = np.random.default_rng(1)
+    probs = {t: torch.softmax(torch.from_numpy(rng.normal(size=(3, *patch)) * 3).float(), 0)
+             for t in range(len(grid.tiles))}
+    start, real = (2, 0, 3), (25, 20, 21)  # padding before and after the volume
+    store = CellAccumulator(grid, plan, {"a": 3}, importance, torch.float32, real, start, keep_probabilities=True)
+    got = np.full((3, *real), np.nan, np.float32)
+    labels = np.full(real, 255, np.uint8)
+    for t in range(len(grid.tiles)):
+        store.add(t, "a", probs[t].clone())
+        for block in store.finished(t):
+            got[(slice(None), *block.box)] = block.probabilities["a"]
+            labels[block.box] = block.labels["a"]
+    acc, weight = _dense_reference(grid, plan, {t: p.numpy() for t, p in probs.items()}, importance.numpy(), "a")
+    window = tuple(slice(s, s + n) for s, n in zip(start, real))
+    want = (acc / weight)[(slice(None), *window)]
+    assert not np.isnan(got).any()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(labels, want.argmax(0))

@@ -101,3 +101,29 @@ def test_copy_free_preparation_equals_orient_crop_resample(example_ct):
     diff = np.abs(new.data - old) * 500.0  # HU
     assert float(np.quantile(diff, 0.999)) < 0.01
     assert float(diff[2:-2, 2:-2, 2:-2].max()) < 0.05
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_official_options_do_not_depend_on_storage_or_device(order):
+    """The official body crop and the spline resampling read the same oriented view whatever the input's
+    axis order; the device path gives the CPU path's volume (spline: prepared on the CPU, then moved)."""
+    import torch
+    from clnet.manifest import OfficialCompat
+
+    rng = np.random.default_rng(3)
+    arr = np.full((20, 24, 28), -1000, np.int16)
+    arr[3:17, 5:20, 4:22] = rng.integers(-100, 300, (14, 15, 18))
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.2, 1.0, 2.0))
+    prep = Preprocessing(spacing_zyx=(1.5, 1.5, 1.5), patch_size_zyx=(8, 8, 8),
+                         normalization=Normalization(-1024, 1500, -300.0, 500.0))
+    compat = OfficialCompat.official()
+    base = prepare(img, prep, compat=compat)
+    other = prepare(stored_differently(img, order, (True, False, True)), prep, compat=compat)
+    assert other.crop_size_xyz == base.crop_size_xyz
+    np.testing.assert_allclose(other.data, base.data, atol=1e-4)
+    on_device = prepare(img, prep, compat=compat, device=torch.device("cpu"))
+    assert isinstance(on_device.data, torch.Tensor)
+    np.testing.assert_array_equal(on_device.data.numpy(), base.data)
+    linear = OfficialCompat(body_crop="official")  # the torch resampling path, with the official box
+    assert prepare(img, prep, compat=linear, device=torch.device("cpu")).crop_index_xyz == base.crop_index_xyz

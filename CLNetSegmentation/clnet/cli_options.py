@@ -20,6 +20,10 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-locate", dest="locate", action="store_false", default=None,
                    help="for a subset, skip the coarse pass that finds the anatomies first and tile the whole body "
                         "slab instead (the coarse pass runs by default for subsets in normal mode)")
+    p.add_argument("--official-compat", choices=["on", "off"], default=None,
+                   help="follow the official CL-Net pipeline where clnet's differs (centred padding, official Gaussian "
+                        "and tile steps, 3rd-order image resampling, official body crop; docs/official.md); default: "
+                        "the model's setting (on for models made by `clnet import-official`)")
     p.add_argument("--fast", action="store_true", help="coarser spacing: faster, less detail")
     p.add_argument("--model", help="model folder or installed model name (default: the bundled model)")
     p.add_argument("--formats", nargs="+", default=["nifti"], choices=FORMAT_CHOICES, metavar="FORMAT",

@@ -46,6 +46,9 @@ class Preprocessing:
     gaussian_sigma_scale: float = 0.125
     body_threshold_hu: float = -500.0
     pad_value: float | None = None  # normalised value for padding; None = the normalised clip_low (air)
+    #: The patch the official body crop enlarges its box by (an imported head's plans patch size, in
+    #: voxels of the input); None: ``patch_size_zyx``. Used only by ``OfficialCompat.body_crop``.
+    crop_patch_zyx: tuple[int, int, int] | None = None
 
     def normalized(self, hu: float) -> float:
         """Where an HU value lands after this model's normalisation."""
@@ -68,6 +71,7 @@ class Preprocessing:
             "gaussian_sigma_scale": self.gaussian_sigma_scale,
             "body_threshold_hu": self.body_threshold_hu,
             "pad_value": self.pad_value,
+            **({"crop_patch_zyx": list(self.crop_patch_zyx)} if self.crop_patch_zyx else {}),
         }
 
     @classmethod
@@ -83,7 +87,61 @@ class Preprocessing:
             gaussian_sigma_scale=float(d.get("gaussian_sigma_scale", 0.125)),
             body_threshold_hu=float(d.get("body_threshold_hu", -500.0)),
             pad_value=None if d.get("pad_value") is None else float(d["pad_value"]),
+            crop_patch_zyx=tuple(int(v) for v in d["crop_patch_zyx"]) if d.get("crop_patch_zyx") else None,
         )
+
+
+#: Each official-compatibility option and the values it takes: clnet's own behaviour first, then
+#: the official CL-Net pipeline's (docs/official.md, "Official-compatible inference").
+COMPAT_CHOICES: dict[str, tuple[str, str]] = {
+    "tile_padding": ("end", "centred"),  # a volume smaller than a patch: padded at the end / centred
+    "gaussian": ("clnet", "official"),  # the tiles' importance map
+    "tile_steps": ("clnet", "official"),  # where the tiles start
+    "image_resampling": ("linear", "spline3"),  # the image onto the model grid
+    "body_crop": ("clnet", "official"),  # the box the network runs in
+    "air_tiles": ("skip", "run"),  # tiles with nothing above the body threshold
+}
+
+
+@dataclass(frozen=True)
+class OfficialCompat:
+    """Where inference follows the official CL-Net pipeline instead of clnet's own choices.
+
+    The defaults are clnet's; :meth:`official` turns every option to the official behaviour (what
+    ``clnet import-official`` records for imported models). Stored in the manifest under
+    ``inference.official_compat`` only when some option differs from clnet's.
+    """
+
+    tile_padding: str = "end"
+    gaussian: str = "clnet"
+    tile_steps: str = "clnet"
+    image_resampling: str = "linear"
+    body_crop: str = "clnet"
+    air_tiles: str = "skip"
+
+    @classmethod
+    def official(cls) -> OfficialCompat:
+        return cls(**{k: v[1] for k, v in COMPAT_CHOICES.items()})
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any option differs from clnet's own behaviour."""
+        return self != OfficialCompat()
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in COMPAT_CHOICES}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OfficialCompat:
+        if not isinstance(d, dict):
+            raise ModelError(f"manifest.json: inference.official_compat must be an object, not {d!r}.",
+                             "Re-create or re-install the model.")
+        unknown = sorted(set(d) - set(COMPAT_CHOICES))
+        bad = {k: v for k, v in d.items() if k in COMPAT_CHOICES and v not in COMPAT_CHOICES[k]}
+        if unknown or bad:
+            raise ModelError(f"manifest.json has unknown official-compatibility settings ({unknown or bad}).",
+                             "Allowed: " + "; ".join(f"{k}: {' or '.join(v)}" for k, v in COMPAT_CHOICES.items()) + ".")
+        return cls(**{k: str(v) for k, v in d.items()})
 
 
 @dataclass
@@ -193,6 +251,8 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     bodypart: BodyPartEntry | None = None  # the model's own body-part network; None: clnet's bundled one
+    #: The model's default for official-compatible inference (the Segmenter can override it).
+    compat: OfficialCompat = field(default_factory=OfficialCompat)
 
     def decoder_preprocessing(self, decoder: str) -> Preprocessing:
         """The decoder's own preprocessing (imported official heads may differ) or the model's."""
@@ -228,6 +288,7 @@ class Manifest:
             "metrics": self.metrics,
             **({"extra": self.extra} if self.extra else {}),
             **({"bodypart": self.bodypart.to_dict()} if self.bodypart else {}),
+            **({"inference": {"official_compat": self.compat.to_dict()}} if self.compat.enabled else {}),
         }
 
     @classmethod
@@ -260,6 +321,7 @@ class Manifest:
                 metrics=dict(d.get("metrics", {})),
                 extra=dict(d.get("extra", {})),
                 bodypart=BodyPartEntry.from_dict(d["bodypart"]) if d.get("bodypart") else None,
+                compat=OfficialCompat.from_dict((d.get("inference") or {}).get("official_compat") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc

@@ -39,13 +39,16 @@ class BlockResult:
     box: tuple[slice, slice, slice]  # z, y, x
     labels: dict[str, np.ndarray]  # head-local argmax, uint8
     confidence: dict[str, np.ndarray]  # winning probability × 255, uint8
+    #: The weighted-mean probabilities (classes, *box) themselves, float32; only when asked for
+    #: (``keep_probabilities``: checks against other pipelines).
+    probabilities: dict[str, np.ndarray] | None = None
 
     def shifted(self, offset_zyx: Sequence[int]) -> BlockResult:
         """The same block moved by ``offset_zyx`` (tiles over a region → the whole grid)."""
         if not any(offset_zyx):
             return self
         box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(self.box, offset_zyx))
-        return BlockResult(box, self.labels, self.confidence)  # type: ignore[arg-type]
+        return BlockResult(box, self.labels, self.confidence, self.probabilities)  # type: ignore[arg-type]
 
 
 class CellAccumulator:
@@ -57,14 +60,19 @@ class CellAccumulator:
     """
 
     def __init__(self, grid: TileGrid, plan: Sequence[frozenset[str]], n_classes: Mapping[str, int],
-                 importance: torch.Tensor, dtype: torch.dtype, real_shape: Sequence[int]) -> None:
+                 importance: torch.Tensor, dtype: torch.dtype, real_shape: Sequence[int],
+                 real_start: Sequence[int] = (0, 0, 0), keep_probabilities: bool = False) -> None:
         self.grid = grid
         self.plan = plan
         self.decoders = list(n_classes)
         self.n_classes = dict(n_classes)
         self.importance = importance
         self.dtype = dtype
+        # The volume's own voxels in the padded grid: [real_start, real_start + real_shape); the rest
+        # is padding, whose decisions are dropped (padding sits at the end, or around the volume).
         self.real_shape = tuple(int(s) for s in real_shape)
+        self.real_start = tuple(int(s) for s in real_start)
+        self.keep_probabilities = keep_probabilities and dtype.is_floating_point
         self.quantised = not dtype.is_floating_point
         self._values: dict[tuple[int, str], torch.Tensor] = {}
         self._factors: dict[tuple[int, str], tuple[torch.Tensor, float]] = {}  # 1/total weight, and scale
@@ -105,7 +113,8 @@ class CellAccumulator:
             for a in range(0, depth, rows):
                 b = min(depth, a + rows)
                 pieces.append((a, b, (slice(local[0].start + a, local[0].start + b), local[1], local[2])))
-            if sum(decoder in self.plan[t] for t in cell.tiles) == 1:  # this tile alone: decide now
+            alone = sum(decoder in self.plan[t] for t in cell.tiles) == 1
+            if alone and not self.keep_probabilities:  # this tile alone: decide now
                 shape = tuple(b - a for a, b in zip(cell.start, cell.stop))
                 label = torch.empty(shape, dtype=torch.uint8, device=self.importance.device)
                 conf = torch.empty(shape, dtype=torch.uint8, device=self.importance.device)
@@ -138,29 +147,35 @@ class CellAccumulator:
                 yield block
 
     def _decide(self, index: int, cell: Cell) -> BlockResult | None:
-        keep = [min(b, s) - a for a, b, s in zip(cell.start, cell.stop, self.real_shape)]
-        labels, confidence = {}, {}
+        # The part of the cell inside the volume's own voxels, in the cell's coordinates.
+        lo = [max(a, r) - a for a, r in zip(cell.start, self.real_start)]
+        hi = [min(b, r + s) - a for a, b, r, s in zip(cell.start, cell.stop, self.real_start, self.real_shape)]
+        inside = all(h > low for low, h in zip(lo, hi))
+        part = tuple(slice(low, h) for low, h in zip(lo, hi))
+        labels, confidence, probabilities = {}, {}, {}
         for d in self.decoders:
             direct = self._direct.pop((index, d), None)
             if direct is not None:
-                if min(keep) > 0:
-                    labels[d], confidence[d] = (v[: keep[0], : keep[1], : keep[2]].cpu().numpy() for v in direct)
+                if inside:
+                    labels[d], confidence[d] = (v[part].cpu().numpy() for v in direct)
                 continue
             store = self._values.pop((index, d), None)
             factor = self._factors.pop((index, d), None)
             if store is None:
                 continue
             self.open_values -= cell.voxels * store.shape[0]
-            if min(keep) <= 0:  # padding only
+            if not inside:  # padding only
                 continue
-            best, arg = store[:, : keep[0], : keep[1], : keep[2]].max(dim=0)
+            best, arg = store[(slice(None), *part)].max(dim=0)
             labels[d] = arg.to(torch.uint8).cpu().numpy()
             scale = factor[1] if factor else 1.0
             confidence[d] = (best.float() * (255.0 / scale)).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            if self.keep_probabilities:
+                probabilities[d] = store[(slice(None), *part)].float().cpu().numpy()
         if not labels:
             return None
-        box = tuple(slice(a, a + k) for a, k in zip(cell.start, keep))
-        return BlockResult(box, labels, confidence)  # type: ignore[arg-type]
+        box = tuple(slice(a + low - r, a + h - r) for a, low, h, r in zip(cell.start, lo, hi, self.real_start))
+        return BlockResult(box, labels, confidence, probabilities or None)  # type: ignore[arg-type]
 
 
 def _probs_in(probs: torch.Tensor | Callable[[Box], torch.Tensor], box: Box) -> torch.Tensor:

@@ -3,7 +3,10 @@
 Every step keeps SimpleITK geometry, so the result can be mapped back to the input's exact grid.
 Resampling and normalisation run in SimpleITK on the CPU, or in torch on a GPU (the same grid and the
 same linear interpolation, so the two agree to float rounding); the volume then stays on the GPU for
-the sliding window.
+the sliding window. With official-compatible options (:class:`clnet.manifest.OfficialCompat`) the
+body box is the official pipeline's (:mod:`.official_crop`) and the image may be resampled with the
+official third-order spline (:mod:`.spline`, on the CPU; on a GPU the prepared volume is then moved
+there).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..manifest import Normalization, Preprocessing
+from ..manifest import Normalization, OfficialCompat, Preprocessing
+from .official_crop import official_body_box
+from .spline import resample_spline
 
 
 @dataclass
@@ -210,34 +215,53 @@ def normalize_ct(data, norm: Normalization):
 
 
 def prepare(image: sitk.Image, prep: Preprocessing, fast: bool = False, crop_to_body: bool = True,
-            device: torch.device | None = None) -> PreparedVolume:
+            device: torch.device | None = None, compat: OfficialCompat | None = None,
+            keep_slices: np.ndarray | None = None) -> PreparedVolume:
     """Orient, crop to the body, resample to the model (or fast) spacing and normalise.
 
     With a ``device`` the resampling and normalisation run there in torch and ``data`` is a tensor on
-    that device (used for GPUs); otherwise SimpleITK on the CPU and a NumPy array.
+    that device (used for GPUs); otherwise SimpleITK on the CPU and a NumPy array. ``compat``: which
+    steps follow the official pipeline (``body_crop``, ``image_resampling``); ``keep_slices``: the
+    oriented slices the official body crop may keep (body-part gating; None: all).
     """
     # Orient before finding the body box: the box then does not depend on how the input's axes
     # happen to be stored, so flipped or permuted copies of a scan give identical results. On the
     # CPU nothing is copied: the body box is found on a view, and the model grid (defined on the
     # oriented crop) is sampled straight from the input, a few slices at a time.
+    compat = compat or OfficialCompat()
     spacing_zyx = prep.fast_spacing_zyx if (fast and prep.fast_spacing_zyx) else prep.spacing_zyx
-    if device is not None:
+    if device is not None and compat.image_resampling == "linear":
         image = orient(image, prep.orientation)
-        start, extent = (body_bounding_box(image, prep.body_threshold_hu) if crop_to_body
-                         else ([0, 0, 0], list(image.GetSize())))
+        start, extent = _crop_box(sitk.GetArrayViewFromImage(image), image.GetSpacing(), prep, crop_to_body,
+                                  compat, keep_slices)
         cropped = sitk.RegionOfInterest(image, extent, start)
         grid = spacing_grid(cropped, spacing_zyx[::-1])
         data = normalize_ct(resample_on_device(cropped, grid, torch.device(device)), prep.normalization)
         return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
     view = oriented(image, prep.orientation)
-    if crop_to_body:
-        start, extent = body_box(view.array_view(image), view.geometry.spacing, prep.body_threshold_hu)
-    else:
-        start, extent = [0, 0, 0], list(view.geometry.size)
+    start, extent = _crop_box(view.array_view(image), view.geometry.spacing, prep, crop_to_body, compat, keep_slices)
     grid = spacing_grid(view.geometry.region(start, extent), spacing_zyx[::-1])
-    data = resample_into(image, grid, default_value=-1024.0)
-    return PreparedVolume(data=normalize_ct(data, prep.normalization), grid=grid, crop_index_xyz=tuple(start),
-                          crop_size_xyz=tuple(extent))
+    if compat.image_resampling == "spline3":
+        # No torch equivalent of the official spline: prepared on the CPU, then moved to the device.
+        (x0, y0, z0), (nx, ny, nz) = start, extent
+        crop = view.array_view(image)[z0 : z0 + nz, y0 : y0 + ny, x0 : x0 + nx]
+        data = resample_spline(crop, view.geometry.spacing[::-1], grid.GetSize()[::-1], grid.GetSpacing()[::-1])
+    else:
+        data = resample_into(image, grid, default_value=-1024.0)
+    data = normalize_ct(data, prep.normalization)
+    if device is not None:
+        data = torch.from_numpy(data).to(device)
+    return PreparedVolume(data=data, grid=grid, crop_index_xyz=tuple(start), crop_size_xyz=tuple(extent))
+
+
+def _crop_box(array_zyx: np.ndarray, spacing_xyz: Sequence[float], prep: Preprocessing, crop_to_body: bool,
+              compat: OfficialCompat, keep_slices: np.ndarray | None) -> tuple[list[int], list[int]]:
+    """The box (x, y, z start and size) of the oriented image the model grid covers."""
+    if not crop_to_body:
+        return [0, 0, 0], list(array_zyx.shape[::-1])
+    if compat.body_crop == "official":
+        return official_body_box(array_zyx, prep.crop_patch_zyx or prep.patch_size_zyx, keep_slices)
+    return body_box(array_zyx, spacing_xyz, prep.body_threshold_hu)
 
 
 def resample_into(image: sitk.Image, grid: sitk.Image, default_value: float = 0.0,

@@ -19,13 +19,14 @@ from ..catalog import Anatomy, load_catalog
 from ..checkpoint import LoadedModel, load_model
 from ..errors import ClnetError
 from ..io import LoadedImage, read_image, validate_ct
-from ..manifest import Preprocessing
+from ..manifest import OfficialCompat, Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device, select_precision
 from .gating import Gate, scoring_record
 from .locate import LOCATE_MARGIN_MM, labelled_corners, tiling_region
 from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
-from .preprocessing import Geometry, labels_to_input_grid, prepare
+from .official_crop import gated_slices
+from .preprocessing import Geometry, labels_to_input_grid, oriented, prepare
 from .progress import CancelCheck, ProgressCallback, Reporter
 from .resources import check_memory, estimate_memory, oom_fallback
 from .sliding_window import sliding_window
@@ -72,12 +73,18 @@ class Segmenter:
     ``precision``: ``auto`` (bf16 autocast on a GPU, float32 on the CPU), ``float32`` or ``bf16``
     (also on a CPU with native bf16: about 1.5× faster, labels differ slightly; see
     :func:`.select_precision`).
+
+    ``official_compat``: follow the official CL-Net pipeline where it differs from clnet's
+    (:class:`clnet.manifest.OfficialCompat`): ``True`` / ``"on"`` every option, ``False`` / ``"off"``
+    none, ``None`` what the model's manifest says (on for models made by ``clnet import-official``).
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str | torch.device = "auto",
-                 batch_size: int = 1, gating: bool = True, precision: str = "auto") -> None:
+                 batch_size: int = 1, gating: bool = True, precision: str = "auto",
+                 official_compat: bool | str | None = None) -> None:
         self.device = select_device(device)
         self.precision = precision
+        self.official_compat = _compat_switch(official_compat)
         select_precision(precision, self.device)  # a bad value or an unsupported CPU fails here, not mid-run
         if isinstance(model, LoadedModel):
             self.model = model
@@ -148,6 +155,7 @@ class Segmenter:
         cancel: CancelCheck = None,
         per_decoder: bool = False,
         locate: bool | None = None,
+        official_compat: bool | str | None = None,
     ) -> SegmentationResult:
         """Segment one CT. The input is only read, never modified.
 
@@ -157,6 +165,7 @@ class Segmenter:
 
         With ``per_decoder`` the result also holds each decoder's own label map (head-local
         values 1..K, as the official CL-Net pipeline writes them) in ``result.decoder_labels``.
+        ``official_compat`` overrides the Segmenter's setting for this call (see the class).
         """
         report = Reporter(progress, cancel)
         timings: dict[str, float] = {}
@@ -177,6 +186,7 @@ class Segmenter:
         requested = self.resolve(anatomies, regions)
         if overlap is not None and not 0.0 <= float(overlap) <= 0.9:
             raise ClnetError(f"Tile overlap {overlap} is out of range.", "Use a value from 0 to 0.9.")
+        compat, compat_source = self._compat(official_compat, warnings)
 
         wanted = {a.name for a in requested}
         owner = self.manifest.anatomy_owner()
@@ -191,13 +201,13 @@ class Segmenter:
         warnings += check_memory(estimate)
         timings["check"] = time.perf_counter() - t
         gate, scoring = self._gate(image, run, wanted, warnings, report)
-        groups = self._preprocessing_groups(run)
+        groups = self._preprocessing_groups(run, compat)
         geometry = Geometry.of(image)
         source = _Source(image, release_after=len(groups) - 1 if owned else None)
         del image
         if locate is None:
             locate = not all(canon[n] in wanted for d in run for n in self.manifest.decoders[d].anatomies)
-        boxes, located = (self._locate(source, groups, lookups, overlap, report, timings, warnings, gate)
+        boxes, located = (self._locate(source, groups, lookups, overlap, report, timings, warnings, gate, compat)
                           if locate and not fast else ([None] * len(groups), {"used": False}))
         # One group (the usual case): its label image on the input grid is the result as it is.
         # Several groups: merged in NumPy by confidence. Either way no whole-volume copy is made
@@ -213,7 +223,7 @@ class Segmenter:
             group_labels, group_confidence, overruled, tiles = self._run_group(
                 source, prep, decs, lookups, fast, overlap, report, timings, (index, len(groups)), heads,
                 warnings, tiles_run, keep_heads=per_decoder, gate=gate, slabs=slabs, box=boxes[index],
-                regions=located.setdefault("regions", []),
+                regions=located.setdefault("regions", []), compat=compat,
             )
             conflicts += overruled
             total_tiles += tiles
@@ -272,6 +282,8 @@ class Segmenter:
             # The coarse pass for subsets: its tiles, whether it found the anatomies (per group), and
             # per group the [start, stop) along z, y, x of the model grid the normal pass tiled.
             "locate": located,
+            # Where this run followed the official CL-Net pipeline (docs/official.md), and who said so.
+            "official_compat": {"enabled": compat.enabled, "source": compat_source, **compat.to_dict()},
         }
         if fast and not prep.fast_spacing_zyx:
             warnings.append(f"Model {self.manifest.name} has no fast mode; ran at its normal spacing.")
@@ -314,9 +326,21 @@ class Segmenter:
             return None, scoring
         return Gate.from_scores(details, windows), scoring
 
+    def _compat(self, override: bool | str | None, warnings: list[str]) -> tuple[OfficialCompat, str]:
+        """The official-compatibility options for a run, and where they came from."""
+        switch, source = _compat_switch(override), "argument"
+        if switch is None:
+            switch, source = self.official_compat, "segmenter"
+        if switch is None:
+            return self.manifest.compat, "model"
+        if switch and self.manifest.variant != "clnet-official-v1":
+            warnings.append(f"Model {self.manifest.name} is not an imported official CL-Net model; "
+                            "its inference follows the official pipeline anyway, as asked.")
+        return (OfficialCompat.official() if switch else OfficialCompat()), source
+
     def _locate(self, source: _Source, groups: list[tuple[Preprocessing, list[str]]], lookups: dict,
                 overlap: float | None, report: Reporter, timings: dict[str, float], warnings: list[str],
-                gate: Gate | None) -> tuple[list[np.ndarray | None], dict]:
+                gate: Gate | None, compat: OfficialCompat) -> tuple[list[np.ndarray | None], dict]:
         """The coarse pass: per preprocessing group, the world corners of the box around the
         requested anatomies found at the fast spacing (None: not found, or no fast spacing)."""
         t = time.perf_counter()
@@ -333,18 +357,22 @@ class Segmenter:
                 continue
             labels, _, _, _ = self._run_group(source, prep, decs, lookups, True, overlap, coarse, {},
                                               (index, len(groups)), {}, warnings, tiles_run, gate=gate,
-                                              release=False)
+                                              release=False, compat=compat)
             boxes.append(labelled_corners(labels))
         timings["locate"] = time.perf_counter() - t
         return boxes, {"used": True, "margin_mm": LOCATE_MARGIN_MM, "tiles_run": tiles_run,
                        "found": [b is not None for b in boxes]}
 
-    def _preprocessing_groups(self, decoders: Sequence[str]) -> list[tuple[Preprocessing, list[str]]]:
+    def _preprocessing_groups(self, decoders: Sequence[str],
+                              compat: OfficialCompat | None = None) -> list[tuple[Preprocessing, list[str]]]:
         """Decoders sharing one preprocessing run together (encoder once per tile for all of them)."""
         groups: dict[str, tuple[Preprocessing, list[str]]] = {}
         for d in decoders:
             prep = self.manifest.decoder_preprocessing(d)
-            key = json.dumps(prep.to_dict(), sort_keys=True)
+            settings = prep.to_dict()
+            if compat is None or compat.body_crop != "official":
+                settings.pop("crop_patch_zyx", None)  # only the official body crop reads it
+            key = json.dumps(settings, sort_keys=True)
             groups.setdefault(key, (prep, []))[1].append(d)
         return list(groups.values())
 
@@ -353,19 +381,26 @@ class Segmenter:
                    group: tuple[int, int], heads: dict[str, sitk.Image], warnings: list[str],
                    tiles_run: dict[str, int], keep_heads: bool = False,
                    gate: Gate | None = None, slabs: list | None = None, box: np.ndarray | None = None,
-                   regions: list | None = None,
-                   release: bool = True) -> tuple[sitk.Image, sitk.Image | None, int, int]:
+                   regions: list | None = None, release: bool = True,
+                   compat: OfficialCompat | None = None) -> tuple[sitk.Image, sitk.Image | None, int, int]:
         """Prepare and run one preprocessing group; returns its labels and (when there are several
         groups to merge) confidences on the input grid, the overruled-voxel count and the number of
         tiles. ``tiles_run`` counts the tiles the encoder and each decoder actually ran on; the slab
         of slices the network ran on is appended to ``slabs``, the region it tiled to ``regions``.
         ``box``: world corners from the coarse pass; only that box (plus a margin) is tiled.
-        ``release``: the input may be let go once prepared (not in the coarse pass)."""
+        ``release``: the input may be let go once prepared (not in the coarse pass). ``compat``: the
+        official-compatibility options (default: none)."""
+        compat = compat or OfficialCompat()
         t = time.perf_counter()
         report("prepare", 0.0, "Resampling and normalising")
-        # On a GPU the resampling runs there too and the volume stays on it for the network.
-        prepared = prepare(source.image, prep, fast=fast, device=self.device if self.device.type == "cuda" else None)
         geometry = Geometry.of(source.image)
+        keep_slices = None
+        if compat.body_crop == "official" and gate is not None:  # the official crop clears ungated slices
+            keep_slices = gated_slices(oriented(source.image, prep.orientation).geometry, gate.z_mm, gate.scores,
+                                       gate.windows, decoders)
+        # On a GPU the resampling runs there too and the volume stays on it for the network.
+        prepared = prepare(source.image, prep, fast=fast, device=self.device if self.device.type == "cuda" else None,
+                           compat=compat, keep_slices=keep_slices)
         if release:
             source.prepared(group[0])
         timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t
@@ -375,6 +410,8 @@ class Segmenter:
         # Only the slab of slices some decoder applies to is tiled (a subset of anatomies usually
         # needs far fewer slices than the whole scan); outside it the labels stay 0.
         slab = gate.slab(prepared.grid, decoders, prep.patch_size_zyx[0]) if gate else (0, depth)
+        if slab and compat.body_crop == "official":
+            slab = (0, depth)  # the official crop already holds the gated slices and its margin: all of it runs
         if slabs is not None:
             slabs.append([*slab, depth] if slab else None)
         region = [(0, 0)] * 3
@@ -386,7 +423,7 @@ class Segmenter:
             regions.append([list(r) for r in region] if slab else None)
         (z0, z1), (y0, y1), (x0, x1) = region
         volume = prepared.data[z0:z1, y0:y1, x0:x1]
-        tiles = count_tiles(volume.shape, prep.patch_size_zyx, overlap) if slab else 0
+        tiles = count_tiles(volume.shape, prep.patch_size_zyx, overlap, compat.tile_steps) if slab else 0
         t = time.perf_counter()
         report("network", 0.0, f"Running {len(decoders)} decoder(s) on {tiles} tile(s)")
 
@@ -404,7 +441,8 @@ class Segmenter:
                 batch_size=batch_size, sigma_scale=prep.gaussian_sigma_scale, pad_value=prep.padding_value(),
                 precision=select_precision(self.precision, device),
                 active_decoders=gate.for_grid(prepared.grid, decoders, offset=z0) if gate else None,
-                skip_below=prep.normalized(prep.body_threshold_hu),
+                skip_below=prep.normalized(prep.body_threshold_hu) if compat.air_tiles == "skip" else None,
+                tile_padding=compat.tile_padding, gaussian=compat.gaussian, tile_steps=compat.tile_steps,
                 on_tile=lambda done, total: report(
                     "network", (group[0] + done / total) / group[1], f"Network: tile {done}/{total}"
                 ),
@@ -437,3 +475,15 @@ class _Source:
     def prepared(self, group: int) -> None:
         if self.release_after is not None and group >= self.release_after:
             self.image = None
+
+
+def _compat_switch(value: bool | str | None) -> bool | None:
+    """``official_compat`` as given (True/False/None, or "on"/"off" from the command line) → bool or None."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "official"):
+        return True
+    if text in ("off", "false", "clnet"):
+        return False
+    raise ClnetError(f"Unknown official-compatibility setting {value!r}.", "Use on or off.")

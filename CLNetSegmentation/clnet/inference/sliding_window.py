@@ -16,12 +16,27 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map
 
 from ..model import CLNet, lean
 from .accumulator import BlockResult, CellAccumulator, accumulator_dtype
 from .heap import release_freed_memory
+from .importance import importance_map
 from .tiling import TileGrid
+
+PADDINGS = ("end", "centred")
+
+
+def padding_widths(shape_zyx: Sequence[int], patch_zyx: Sequence[int], mode: str = "end") -> list[tuple[int, int]]:
+    """(before, after) per axis that bring a volume up to at least one patch: all at the end
+    (clnet), or centred with the odd voxel after, as nnU-Net's ``pad_nd_image`` does (official)."""
+    if mode not in PADDINGS:
+        raise ValueError(f"unknown tile padding {mode!r} (use one of {PADDINGS})")
+    widths = []
+    for s, p in zip(shape_zyx, patch_zyx):
+        extra = max(0, int(p) - int(s))
+        before = extra // 2 if mode == "centred" else 0
+        widths.append((before, extra - before))
+    return widths
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None | str = "auto"):
@@ -52,6 +67,10 @@ def sliding_window(
     skip_below: float | None = None,
     store_dtype: torch.dtype | None = None,
     precision: torch.dtype | None | str = "auto",
+    tile_padding: str = "end",
+    gaussian: str = "clnet",
+    tile_steps: str = "clnet",
+    keep_probabilities: bool = False,
 ) -> dict[str, int]:
     """Run ``network`` over ``volume`` (z, y, x, normalised; NumPy, or a tensor already on the
     device) and stream per-cell decisions to ``on_block``.
@@ -62,23 +81,31 @@ def sliding_window(
     :func:`.accumulator_dtype`; ``precision`` is the autocast dtype (see
     :func:`autocast_context`). Returns how many tiles the encoder and each decoder ran on
     (``{"encoder": n, <decoder>: n, ...}``).
+
+    ``tile_padding`` (``end`` / ``centred``: :func:`padding_widths`), ``gaussian`` (``clnet`` /
+    ``official``: :mod:`.importance`) and ``tile_steps`` (``clnet`` / ``official``:
+    :func:`.tile_starts`) choose between clnet's behaviour and the official pipeline's.
+    ``keep_probabilities`` also hands on each block's weighted-mean probabilities (float32 store).
     """
     patch = tuple(int(p) for p in patch_zyx)
     shape = tuple(volume.shape)
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
+    pads = padding_widths(shape, patch, tile_padding)
+    padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pads))
+    offset = tuple(a for a, _ in pads)  # where the volume starts in the padded grid
     vol_t = volume if isinstance(volume, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(volume))
     if padded_shape != shape:
-        widths = [w for s, ps in zip(shape[::-1], padded_shape[::-1]) for w in (0, ps - s)]  # x first
+        widths = [w for pair in pads[::-1] for w in pair]  # x first
         vol_t = torch.nn.functional.pad(vol_t[None], widths, value=pad_value)[0]
 
-    grid = TileGrid(padded_shape, patch, overlap)  # type: ignore[arg-type]
-    plan = _plan(grid, vol_t, decoders, shape[0], active_decoders, skip_below)
-    importance = compute_importance_map(list(patch), mode="gaussian", sigma_scale=sigma_scale, device=device)
-    importance = importance.float().clamp_min(1e-4)  # edges keep a small weight so no voxel is left empty
+    grid = TileGrid(padded_shape, patch, overlap, tile_steps)  # type: ignore[arg-type]
+    plan = _plan(grid, vol_t, decoders, shape[0], offset[0], active_decoders, skip_below)
+    importance = importance_map(patch, sigma_scale, gaussian, device)
     n_classes = {d: network.decoders[d].config.num_classes for d in decoders}
-    if store_dtype is None:
+    if keep_probabilities:
+        store_dtype = torch.float32
+    elif store_dtype is None:
         store_dtype = accumulator_dtype(sum(n_classes.values()) * grid.most_open_voxels())
-    store = CellAccumulator(grid, plan, n_classes, importance, store_dtype, shape)
+    store = CellAccumulator(grid, plan, n_classes, importance, store_dtype, shape, offset, keep_probabilities)
     runs = dict.fromkeys(["encoder", *decoders], 0)
 
     total = len(grid.tiles)
@@ -126,15 +153,18 @@ def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.div_(x.sum(dim, keepdim=True))
 
 
-def _plan(grid: TileGrid, volume: torch.Tensor, decoders: Sequence[str], depth: int,
+def _plan(grid: TileGrid, volume: torch.Tensor, decoders: Sequence[str], depth: int, z_offset: int,
           active_decoders: Callable[[int, int], Sequence[str]] | None,
           skip_below: float | None) -> list[frozenset[str]]:
-    """The decoders each tile will run (empty: skipped): the row's active decoders, none for air."""
+    """The decoders each tile will run (empty: skipped): the row's active decoders, none for air.
+    ``active_decoders`` is asked about the volume's own slices a row covers (padding excluded; the
+    volume starts at slice ``z_offset`` of the padded grid)."""
     plan = []
     rows: dict[int, frozenset[str]] = {}
     for z, y, x in grid.tiles:
         if z not in rows:
-            rows[z] = frozenset(active_decoders(z, min(z + grid.patch[0], depth)) if active_decoders else decoders)
+            z0, z1 = max(0, z - z_offset), min(z + grid.patch[0] - z_offset, depth)
+            rows[z] = frozenset(active_decoders(z0, z1) if active_decoders else decoders)
         run = rows[z]
         if run and skip_below is not None:
             # Tiles of pure air (outside the body) cannot hold an anatomy: skip the network.

@@ -15,9 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 
-def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Evenly spread tile starts covering [0, size) with at least ``overlap`` between neighbours."""
+STEP_RULES = ("clnet", "official")
+
+
+def tile_starts(size: int, patch: int, overlap: float, rule: str = "clnet") -> list[int]:
+    """Evenly spread tile starts covering [0, size) with at least ``overlap`` between neighbours.
+
+    ``rule="official"``: nnU-Net v1's ``_compute_steps_for_sliding_window`` with step size
+    1 − overlap, arithmetic and all (an unrounded step of patch × step size sets the number of tiles;
+    clnet's own rule rounds that step down to whole voxels first, so the two differ when the volume
+    is just a little longer than a whole number of steps)."""
+    if rule == "official":
+        return official_tile_starts(size, patch, 1.0 - overlap)
+    if rule != "clnet":
+        raise ValueError(f"unknown tile step rule {rule!r} (use one of {STEP_RULES})")
     if size <= patch:
         return [0]
     step = max(1, int(patch * (1.0 - overlap)))
@@ -25,8 +38,17 @@ def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
     return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
 
 
-def count_tiles(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: float) -> int:
-    return math.prod(len(tile_starts(max(s, p), p, overlap)) for s, p in zip(shape_zyx, patch_zyx))
+def official_tile_starts(size: int, patch: int, step_size: float) -> list[int]:
+    """nnU-Net v1 tile starts along one axis (``size`` ≥ ``patch``, as after its padding)."""
+    if size <= patch:
+        return [0]
+    n = math.ceil((size - patch) / (patch * step_size)) + 1
+    actual = (size - patch) / (n - 1)
+    return [int(np.round(actual * i)) for i in range(n)]
+
+
+def count_tiles(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: float, rule: str = "clnet") -> int:
+    return math.prod(len(tile_starts(max(s, p), p, overlap, rule)) for s, p in zip(shape_zyx, patch_zyx))
 
 
 @dataclass(frozen=True)
@@ -60,10 +82,11 @@ class TileGrid:
     shape: tuple[int, int, int]
     patch: tuple[int, int, int]
     overlap: float
+    rule: str = "clnet"  # where the tiles start: clnet's rule or the official one (:func:`tile_starts`)
 
     @cached_property
     def starts(self) -> tuple[list[int], list[int], list[int]]:
-        return tuple(tile_starts(s, p, self.overlap) for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+        return tuple(tile_starts(s, p, self.overlap, self.rule) for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
 
     @cached_property
     def tiles(self) -> list[tuple[int, int, int]]:

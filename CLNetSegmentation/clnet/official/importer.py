@@ -18,7 +18,7 @@ import datetime as _dt
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from .. import __version__
 from ..bodypart.bpreg_import import find_bpr_folder, import_bpr
 from ..checkpoint import save_model, sha256_file
 from ..errors import ModelError
-from ..manifest import BodyPartEntry, DecoderEntry, Manifest, Preprocessing
+from ..manifest import BodyPartEntry, DecoderEntry, Manifest, OfficialCompat, Preprocessing
 from ..model import CLNet, Decoder, Encoder
 from ..model.shrink import shrink_decoder
 from .layout import (
@@ -350,7 +350,8 @@ def import_official(
                 patch = src.config.patch_size.get(head) or src.config.patch_size.get("all")
             patch = tuple(patch or OFFICIAL_PATCH_SIZE)
             _check_patch(patch, enc_cfg.divisor, head)
-            prep = plans.preprocessing(patch)  # type: ignore[arg-type]
+            # The official body crop grows its box by the plans' own patch size (official-compatible mode).
+            prep = replace(plans.preprocessing(patch), crop_patch_zyx=plans.patch_size_zyx)  # type: ignore[arg-type]
             scores_path = src.trainer_dir / "bpr_scores.json"
             class_scores = read_json(scores_path, "body-part scores") if scores_path.is_file() else None
             window, window_src, rng = _window(head, src, labels, class_scores)
@@ -428,6 +429,9 @@ def import_official(
             }
         },
         bodypart=bodypart_entry,
+        # Inference follows the official pipeline where clnet's own differs (docs/official.md);
+        # `clnet segment --official-compat off` turns it off.
+        compat=OfficialCompat.official(),
     )
     written = save_model(network, manifest, output, overwrite=overwrite, bodypart=bodypart_bytes)
     log(f"wrote {output}: encoder + {len(entries)} decoder(s)")
