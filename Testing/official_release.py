@@ -2,7 +2,7 @@
 
 Tiny random weights in the official checkpoint layout (the builders of ``test_official_import``:
 ``encoder.``, ``decoder_dict.<HEAD>.``, ``ema_dict.<HEAD>.``, pruning ``weight_orig``/``weight_mask``),
-nnU-Net v1 plans.json, per-class bpr_scores.json, a ``public_bpr_model/`` folder, and the clutter a
+nnU-Net v1 plans.json, per-class bpr_scores.json, a ``public_bpr_model/`` folder in bpreg's layout, and the clutter a
 real repository has (README, sidecar .pkl files the importer never reads, a second fold).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+from clnet.bodypart.bpreg_synthetic import random_state_dict, write_release_folder
 from clnet.official.plans import OFFICIAL_WINDOWS, head_anatomies
 from clnet.official.plans import official_label_table as _table
 from test_official_import import TRAINER, _save, ema_of, fake_decoder, fake_encoder, plans_json
@@ -58,10 +58,7 @@ def build_release(folder: Path, heads: list[str], seed: int = 0, decoder_base: i
         _save(td / "all" / "model_final_checkpoint.model", state)
         (td / "all" / "model_final_checkpoint.model.pkl").write_bytes(b"not read")
         (td / "all" / "progress.png").write_bytes(b"\x89PNG not needed")
-    bpr = results / "public_bpr_model"
-    bpr.mkdir(parents=True)
-    torch.save({"conv6.weight": torch.zeros(4, 4, 1, 1), "fc7.weight": torch.zeros(1, 4)}, bpr / "model.pt")
-    (bpr / "config.json").write_text(json.dumps({"name": "synthetic bpreg stand-in"}))
-    (bpr / "inference-settings.json").write_text(json.dumps({"start-landmark": "pelvis_start",
-                                                             "end-landmark": "eyes_end", "slope_mean": 0.1194}))
+    # bpreg's own layout (model.pt state dict, config.json, inference-settings.json) with random
+    # weights: the importer converts it exactly as it would the release's.
+    write_release_folder(results / "public_bpr_model", random_state_dict(seed))
     return folder

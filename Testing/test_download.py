@@ -136,7 +136,8 @@ def test_fresh_download_installs_segments_and_second_run_downloads_nothing(hub, 
     assert list(m.decoders) == HEADS and m.name == "clnet-official"
     assert m.provenance["download"]["commit"] == hub.commit
     assert m.decoders["MERGED_ABDOMEN"].info["bodypart_range_source"].startswith("bpr_scores.json")
-    assert m.extra["official"]["bpr_model"]["weights_only_loadable"] is True
+    assert m.extra["official"]["bpr_model"]["used"] is True  # the release's body-part network gates this model
+    assert m.bodypart is not None and m.bodypart.kind == "bpreg-vgg16" and (target / m.bodypart.file).is_file()
     assert not part_files(tmp_path) and not list((tmp_path / "clnet" / "downloads").rglob("*.model"))
     assert leftovers(tmp_path) == []
 

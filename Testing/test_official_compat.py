@@ -415,3 +415,19 @@ def test_our_models_keep_clnet_behaviour(ct_crop):
     assert result.settings["official_compat"] == {"enabled": False, "source": "model", **OfficialCompat().to_dict()}
     forced = seg.segment(img, fast=True, force=True, official_compat=True)
     assert forced.settings["official_compat"]["enabled"] and any("not an imported official" in w for w in forced.warnings)
+
+
+def test_command_line_and_batch_pass_the_switch(official_model, ct_crop, tmp_path):
+    from clnet.batch import run_batch
+    from clnet.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["segment", str(ct_crop), "-o", str(out), "--model", str(official_model), "--force",
+                 "--official-compat", "off", "--progress", "none"]) == 0
+    settings = json.loads((out / "segmentation.json").read_text())["settings"]
+    assert settings["official_compat"]["enabled"] is False and settings["official_compat"]["source"] == "segmenter"
+    summary = run_batch([ct_crop], tmp_path / "batch", model=str(official_model), official_compat="off", force=True,
+                        progress=False)
+    assert summary.failed == [] and summary.counts["ok"] == 1
+    case = next(p for p in (tmp_path / "batch").iterdir() if (p / "segmentation.json").is_file())
+    assert json.loads((case / "segmentation.json").read_text())["settings"]["official_compat"]["enabled"] is False

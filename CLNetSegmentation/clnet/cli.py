@@ -117,7 +117,8 @@ def _run_segment(args: argparse.Namespace, source_path: str) -> int:
 
     source = read_image(source_path, series_uid=args.series)
     check_output_request(args.output, source, args.formats)
-    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                          official_compat=args.official_compat)
     update, close = _progress(args)
     try:
         result = segmenter.segment(source, anatomies=args.anatomies, regions=args.regions, fast=args.fast,

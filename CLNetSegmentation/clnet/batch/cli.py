@@ -47,6 +47,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                          "Put --ray after the inputs, or write --ray=ADDRESS (e.g. --ray=auto).")
     summary = run_batch(
         args.inputs, args.output, model=args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        official_compat=args.official_compat,
         resume=args.resume, prefetch=args.prefetch, ray=args.ray, ray_workers=args.ray_workers,
         ray_cpus_per_worker=args.ray_cpus_per_worker, retries=args.retries, progress=not args.quiet,
         anatomies=args.anatomies, regions=args.regions, fast=args.fast, force=args.force, overlap=args.overlap,

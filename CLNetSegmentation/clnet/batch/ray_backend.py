@@ -39,10 +39,12 @@ _DEFAULT_CPUS_PER_WORKER = 4
 class SegmentWorker:
     """Ray actor body: one Segmenter (one model load) serving many cases."""
 
-    def __init__(self, model: str | None, device: str, batch_size: int, precision: str = "auto") -> None:
+    def __init__(self, model: str | None, device: str, batch_size: int, precision: str = "auto",
+                 official_compat: bool | str | None = None) -> None:
         from ..inference import Segmenter
 
-        self.segmenter = Segmenter(model, device=device, batch_size=batch_size, precision=precision)
+        self.segmenter = Segmenter(model, device=device, batch_size=batch_size, precision=precision,
+                                   official_compat=official_compat)
 
     def describe(self, anatomies: Sequence[str] | None, regions: Sequence[str] | None) -> dict:
         """The model identity; raises ClnetError when the anatomy selection is invalid."""
@@ -95,7 +97,8 @@ def _worker_plan(ray, device: str, workers: int | None, cpus_per_worker: int | N
 
 
 def run_on_ray(cases: Sequence[Case], out: Path, options: SegmentOptions, *, model=None, device: str = "auto",
-               batch_size: int = 1, precision: str = "auto", address: str | None = None, workers: int | None = None,
+               batch_size: int = 1, precision: str = "auto",
+               official_compat: bool | str | None = None, address: str | None = None, workers: int | None = None,
                cpus_per_worker: int | None = None, resume: bool = True, retries: int = 2,
                progress: BatchProgress | None = None) -> list[dict]:
     """Segment ``cases`` with Ray actors; returns the final record of every case."""
@@ -108,7 +111,7 @@ def run_on_ray(cases: Sequence[Case], out: Path, options: SegmentOptions, *, mod
     actor_cls = ray.remote(max_restarts=2, max_task_retries=2)(SegmentWorker)
     try:
         n, request = _worker_plan(ray, device, workers, cpus_per_worker)
-        actors = [actor_cls.options(**request).remote(model_dir, device, batch_size, precision)
+        actors = [actor_cls.options(**request).remote(model_dir, device, batch_size, precision, official_compat)
                   for _ in range(min(n, len(cases)))]
         model_info = _describe(ray, actors[0], options)
         ctx = JobContext(out, model_info, settings_key(model_info, options), uuid.uuid4().hex[:12], backend="ray")

@@ -66,6 +66,7 @@ def run_batch(
     device: str = "auto",
     batch_size: int = 1,
     precision: str = "auto",
+    official_compat: bool | str | None = None,
     resume: bool = True,
     prefetch: int = 2,
     ray: str | bool | None = None,
@@ -82,7 +83,7 @@ def run_batch(
     formats, stats, preview, per_decoder). With ``resume`` (default) cases whose outputs are
     complete and intact are skipped. ``prefetch`` images are read ahead in a background thread
     (0: read inline). ``ray`` = True/"local" runs on a local Ray instance, any other string is
-    a Ray address ("auto", "ray://head:10001"). ``precision``: see :class:`Segmenter`. ``segmenter``
+    a Ray address ("auto", "ray://head:10001"). ``precision``, ``official_compat``: see :class:`Segmenter`. ``segmenter``
     reuses an already loaded model.
     Per-case problems are recorded, never raised; options that make every case fail (unknown
     anatomy, unknown format, bad model) raise :class:`ClnetError` before any case runs.
@@ -99,13 +100,14 @@ def run_batch(
         from .ray_backend import run_on_ray
 
         records = run_on_ray(cases, out, options, model=model, device=device, batch_size=batch_size,
-                             precision=precision, address=None if ray is True else str(ray), workers=ray_workers,
+                             precision=precision, official_compat=official_compat, address=None if ray is True else str(ray), workers=ray_workers,
                              cpus_per_worker=ray_cpus_per_worker, resume=resume, retries=retries, progress=report)
     else:
         if segmenter is None:
             from ..inference import Segmenter
 
-            segmenter = Segmenter(model, device=device, batch_size=batch_size, precision=precision)
+            segmenter = Segmenter(model, device=device, batch_size=batch_size, precision=precision,
+                                  official_compat=official_compat)
         records = run_local(cases, out, options, segmenter, resume=resume, prefetch=prefetch, progress=report)
     return BatchSummary(out, records)
 
