@@ -65,6 +65,17 @@ def listHeads(timeout: float = LIST_TIMEOUT_SECONDS) -> tuple[list[dict], int]:
     return list(event.get("heads", [])), int(event.get("common_bytes") or 0)
 
 
+def _withWaitCursor(function: Callable):
+    """``function()`` under a busy cursor (the listing is short and blocks the panel)."""
+    from .qt_compat import qt
+
+    qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        return function()
+    finally:
+        qt.QApplication.restoreOverrideCursor()
+
+
 class HeadsDialog:
     """Checkboxes for the release's heads with their download sizes and the running total."""
 
@@ -168,7 +179,7 @@ class ModelDownloader:
         try:
             if heads is None:
                 self.panel.setProgress("Reading the official release…", 0.0)
-                heads = self.askHeads(*listHeads())
+                heads = self.askHeads(*_withWaitCursor(listHeads))
                 if heads is None:
                     self.panel.setProgress("Ready", 0.0)
                     return None
