@@ -152,7 +152,7 @@ def test_resume_skips_verified_cases_and_retries_the_failed_one(first_run, micro
     assert statuses == {"broken": "failed", "c0": "skipped", "c1": "ok", "c2": "skipped"}
 
 
-def test_no_resume_redoes_everything(segmenter, crops, reference, tmp_path):
+def test_no_resume_redoes_everything(segmenter, micro_model, crops, reference, tmp_path):
     out = tmp_path / "out"
     run_batch([crops["c0"]], out, segmenter=segmenter)
     summary = run_batch([crops["c0"]], out, segmenter=segmenter, resume=False)
@@ -161,6 +161,14 @@ def test_no_resume_redoes_everything(segmenter, crops, reference, tmp_path):
     # Other output-changing options make earlier outputs stale, too.
     summary = run_batch([crops["c0"]], out, segmenter=segmenter, anatomies=["Liver"])
     assert [r["status"] for r in summary.records] == ["ok"]
+    # So does switching official-compatible inference (it changes the labels); the same switch again skips.
+    summary = run_batch([crops["c0"]], out, model=str(micro_model), device="cpu", anatomies=["Liver"],
+                        official_compat="on")
+    assert [r["status"] for r in summary.records] == ["ok"]
+    assert summary.records[0]["model"]["official_compat"] is True
+    summary = run_batch([crops["c0"]], out, model=str(micro_model), device="cpu", anatomies=["Liver"],
+                        official_compat="on")
+    assert [r["status"] for r in summary.records] == ["skipped"]
 
 
 def test_kill_9_half_way_then_resume(micro_model, crops, reference, tmp_path):

@@ -64,7 +64,9 @@ def settings_key(model: Mapping, options: SegmentOptions) -> str:
     for k in ("anatomies", "regions"):
         opts[k] = sorted(n.lower() for n in opts[k] or [])
     opts["formats"] = sorted(opts["formats"])
-    return fingerprint({"model_sha256": model["manifest_sha256"], **opts})
+    # Official-compatible inference changes the labels, so outputs made with the other setting are redone.
+    return fingerprint({"model_sha256": model["manifest_sha256"], "official_compat": model.get("official_compat"),
+                        **opts})
 
 
 @dataclass

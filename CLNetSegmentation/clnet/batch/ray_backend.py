@@ -49,7 +49,8 @@ class SegmentWorker:
     def describe(self, anatomies: Sequence[str] | None, regions: Sequence[str] | None) -> dict:
         """The model identity; raises ClnetError when the anatomy selection is invalid."""
         self.segmenter.resolve(anatomies, regions)
-        return model_identity(self.segmenter.manifest, self.segmenter.model.directory)
+        return {**model_identity(self.segmenter.manifest, self.segmenter.model.directory),
+                "official_compat": self.segmenter.official_compat_enabled}
 
     def run(self, case: Case, options: SegmentOptions, ctx: JobContext, attempt: int) -> dict:
         from ..io import read_image, validate_ct

@@ -117,6 +117,7 @@ def run_local(cases: Sequence[Case], out: Path, options: SegmentOptions, segment
     """Run the cases one after another in this process (reading ahead in a thread)."""
     segmenter.resolve(options.anatomies, options.regions)  # a bad name fails here, not once per case
     model = model_identity(segmenter.manifest, segmenter.model.directory)
+    model["official_compat"] = segmenter.official_compat_enabled
     ctx = JobContext(out, model, settings_key(model, options), uuid.uuid4().hex[:12])
     writer = ManifestWriter(out)
     progress = progress or NoProgress()

@@ -326,6 +326,11 @@ class Segmenter:
             return None, scoring
         return Gate.from_scores(details, windows), scoring
 
+    @property
+    def official_compat_enabled(self) -> bool:
+        """Whether a run without an override follows the official pipeline (Segmenter's switch, else the model's)."""
+        return self._compat(None, [])[0].enabled
+
     def _compat(self, override: bool | str | None, warnings: list[str]) -> tuple[OfficialCompat, str]:
         """The official-compatibility options for a run, and where they came from."""
         switch, source = _compat_switch(override), "argument"
