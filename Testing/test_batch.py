@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from clnet.batch import discover_cases, read_records, run_batch
 from clnet.batch.cases import assign_ids, safe_id
 from clnet.checkpoint import sha256_file
-from clnet.errors import InputError
+from clnet.errors import ClnetError, InputError
 
 CROPS = {"c0": (10, 5, 50), "c1": (20, 0, 56), "c2": (50, 40, 62), "c3": (70, 0, 62)}
 CROP_SIZE = (40, 40, 20)  # 3 mm voxels: one tile of the micro model
@@ -326,3 +326,15 @@ def test_ray_driver_retries_only_unexpected_failures(tmp_path):
     history = read_records(tmp_path / "batch_manifest.jsonl")
     assert [r["status"] for r in history if r["id"] == "crash"] == ["retrying", "retrying", "failed"]
     assert [r["status"] for r in history if r["id"] == "done"] == ["ok", "skipped"]  # recovered from .done
+
+
+def test_batch_names_totalsegmentator_style_masks(micro_model, crops, tmp_path):
+    """`clnet batch --names totalsegmentator` names mask files like `clnet segment` does."""
+    out = tmp_path / "out"
+    code, _, err = clnet_in_process("batch", str(crops["c0"]), "-o", str(out), "--model", str(micro_model),
+                                    "--device", "cpu", "--formats", "masks", "--anatomies", "Liver", "Kidney_L",
+                                    "--names", "totalsegmentator", "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "c0" / "masks").iterdir()) == ["kidney_left.nii.gz", "liver.nii.gz"]
+    with pytest.raises(ClnetError, match="naming style"):
+        run_batch([crops["c0"]], tmp_path / "bad", model=str(micro_model), names="nnunet")

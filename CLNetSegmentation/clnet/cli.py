@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 
 from . import __version__
-from .catalog.anatomy import NAME_STYLES
 from .cli_options import add_segment_options
 from .errors import ClnetError
 
@@ -204,9 +203,6 @@ def build_parser(plugins: Iterable[str] | None = None) -> argparse.ArgumentParse
                    help="segment the example CT that ships with clnet instead of an INPUT")
     s.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     add_segment_options(s)
-    s.add_argument("--names", choices=NAME_STYLES, default="catalog",
-                   help="file names of masks and keys of statistics.json: catalog names (Kidney_L, default) or "
-                        "TotalSegmentator's class names (kidney_left)")
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
     s.add_argument("-q", "--quiet", action="store_true")
     s.add_argument("--progress", choices=["bar", "json", "none"], default="bar",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .catalog.anatomy import NAME_STYLES
+
 FORMAT_CHOICES = ["nifti", "seg.nrrd", "masks", "dicom-seg"]
 
 
@@ -34,6 +36,9 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
                    help="write statistics.csv and statistics.json (volume, HU per anatomy)")
     p.add_argument("--preview", action="store_true",
                    help="write preview.png (slices with the labels, orientation letters and a legend)")
+    p.add_argument("--names", choices=NAME_STYLES, default="catalog",
+                   help="file names of masks and keys of statistics.json: catalog names (Kidney_L, default) or "
+                        "TotalSegmentator's class names (kidney_left)")
     p.add_argument("--overlap", type=float, help="tile overlap 0..0.9 (default: the model's)")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
     p.add_argument("--force", action="store_true", help="run even if the image does not look like a CT")

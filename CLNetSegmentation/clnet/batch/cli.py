@@ -52,7 +52,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         ray_cpus_per_worker=args.ray_cpus_per_worker, retries=args.retries, progress=not args.quiet,
         anatomies=args.anatomies, regions=args.regions, fast=args.fast, force=args.force, overlap=args.overlap,
         formats=args.formats, stats=args.stats, preview=args.preview, per_decoder=args.per_decoder,
-        locate=args.locate,
+        locate=args.locate, names=args.names,
     )
     if args.quiet:  # the bar already showed failures as they happened
         for rec in summary.failed:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..catalog.anatomy import NAME_STYLES
 from ..checkpoint import sha256_file
 from ..errors import CancelledError, ClnetError
 from ..inference.progress import ProgressCallback
@@ -37,12 +38,15 @@ class SegmentOptions:
     stats: bool = False
     preview: bool = False
     per_decoder: bool = False
+    names: str = "catalog"  # mask file names and statistics keys: catalog or TotalSegmentator style
     locate: bool | None = None  # None: the Segmenter's default (on for a subset)
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ClnetError(f"Unknown output format(s) {unknown}.", f"Choose from {', '.join(FORMATS)}.")
+        if self.names not in NAME_STYLES:
+            raise ClnetError(f"Unknown naming style {self.names!r}.", f"Choose {' or '.join(NAME_STYLES)}.")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(self).items()}
@@ -118,7 +122,7 @@ def run_case(segmenter, case: Case, loaded: LoadedImage | BaseException, read_s:
         timings.update({f"segment.{k}": round(v, 3) for k, v in result.timings.items()})
         t = time.perf_counter()
         written = save_result(result, case_dir, loaded, formats=options.formats, stats=options.stats,
-                              preview=options.preview)
+                              preview=options.preview, names=options.names)
         timings["write"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         outputs = hash_outputs(output_files(written, case_dir), case_dir)
