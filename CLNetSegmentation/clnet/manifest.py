@@ -253,6 +253,8 @@ class Manifest:
     bodypart: BodyPartEntry | None = None  # the model's own body-part network; None: clnet's bundled one
     #: The model's default for official-compatible inference (the Segmenter can override it).
     compat: OfficialCompat = field(default_factory=OfficialCompat)
+    #: Anatomies beyond the catalog that this model's decoders output (see :mod:`clnet.catalog.user`).
+    user_anatomies: list[dict[str, Any]] = field(default_factory=list)
 
     def decoder_preprocessing(self, decoder: str) -> Preprocessing:
         """The decoder's own preprocessing (imported official heads may differ) or the model's."""
@@ -287,6 +289,7 @@ class Manifest:
             "provenance": self.provenance,
             "metrics": self.metrics,
             **({"extra": self.extra} if self.extra else {}),
+            **({"user_anatomies": self.user_anatomies} if self.user_anatomies else {}),
             **({"bodypart": self.bodypart.to_dict()} if self.bodypart else {}),
             **({"inference": {"official_compat": self.compat.to_dict()}} if self.compat.enabled else {}),
         }
@@ -322,6 +325,7 @@ class Manifest:
                 extra=dict(d.get("extra", {})),
                 bodypart=BodyPartEntry.from_dict(d["bodypart"]) if d.get("bodypart") else None,
                 compat=OfficialCompat.from_dict((d.get("inference") or {}).get("official_compat") or {}),
+                user_anatomies=[dict(u) for u in d.get("user_anatomies") or []],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc

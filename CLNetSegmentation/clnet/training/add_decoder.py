@@ -11,18 +11,21 @@ from __future__ import annotations
 import copy
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..catalog.user import catalog_for, new_user_anatomy
 from ..checkpoint import load_model, save_model, sha256_bytes, sha256_file
 from ..errors import ClnetError, ModelError
 from ..manifest import DecoderEntry, Manifest
 from ..model import CLNet
 from .common import check_patch, decoder_config, pad_value, provenance, select_training_device
-from .datasets import PreparedCase, catalog_labels, load_dataset, prepare_cases, resolve_anatomies
+from .datasets import CaseSpec, PreparedCase, catalog_labels, load_dataset, prepare_cases, resolve_anatomies
 from .distributed import barrier, cleanup, init_distributed
+from .pairs import pair_cases
 from .stage1 import check_coverage, evaluate_heads, save_rewind_snapshot
 from .trainer import TrainConfig, fit, seed_everything
 
@@ -68,10 +71,35 @@ def verify_continual(old_dir: Path, new_dir: Path, old: Manifest, keep_decoders:
                          "This is a bug: please report it with the command you ran.")
 
 
+@dataclass(frozen=True)
+class NewAnatomy:
+    """A user-defined anatomy to create: name, optional colour (RGB 0-255) and ``SCHEME^VALUE^MEANING`` code."""
+
+    name: str
+    color: tuple[int, int, int] | None = None
+    code: str | None = None
+
+
+def _training_specs(data: str | Path | None, label_map, pairs: Sequence[Sequence[str]] | None,
+                    names: Sequence[str], work: Path) -> tuple[list[CaseSpec], list[dict]]:
+    """The dataset's scans plus the direct pairs (which teach the decoder's one anatomy)."""
+    if data is None and not pairs:
+        raise ClnetError("No training data.", "Pass --data (nnU-Net folder or CSV) and/or --pair IMAGE SEG SEGMENT.")
+    specs = load_dataset(data, label_map) if data is not None else []
+    record: list[dict] = []
+    if pairs:
+        if len(names) != 1:
+            raise ClnetError(f"--pair teaches one anatomy, but the decoder has {len(names)}: {', '.join(names)}.",
+                             "Train one anatomy per decoder when giving pairs, or use --data for several.")
+        pair_specs, record = pair_cases(pairs, names[0], work / "pairs")
+        specs += pair_specs
+    return specs, record
+
+
 def add_decoder(
     model_dir: str | Path,
     name: str,
-    data: str | Path,
+    data: str | Path | None,
     anatomies: Sequence[str],
     output: str | Path,
     cfg: TrainConfig,
@@ -84,8 +112,15 @@ def add_decoder(
     evaluate: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    pairs: Sequence[Sequence[str]] | None = None,
+    new_anatomy: NewAnatomy | None = None,
 ) -> Manifest | None:
-    """Train decoder ``name`` for ``anatomies`` on ``model_dir``'s frozen encoder; write ``output``."""
+    """Train decoder ``name`` for ``anatomies`` on ``model_dir``'s frozen encoder; write ``output``.
+
+    Training scans come from ``data`` (nnU-Net folder or CSV) and/or ``pairs`` of (image,
+    segmentation, segment), each of which labels the decoder's single anatomy. ``new_anatomy`` adds a
+    user-defined anatomy (beyond the catalog) that this decoder owns, recorded in the manifest.
+    """
     model_dir, output = Path(model_dir), Path(output)
     if output.resolve() == model_dir.resolve():
         raise ClnetError("-o must differ from --model: the old model stays as it is.")
@@ -102,11 +137,17 @@ def add_decoder(
         prep = old_manifest.preprocessing
         check_patch(cfg.patch_size_zyx, old_manifest.encoder)
         seed_everything(cfg.seed, cfg.deterministic)
-        names = resolve_anatomies(anatomies)
-        specs = load_dataset(data, label_map)
+        manifest = Manifest.from_dict(copy.deepcopy(old_manifest.to_dict()))
+        if new_anatomy is not None:
+            manifest.user_anatomies.append(new_user_anatomy(new_anatomy.name, manifest.user_anatomies, name,
+                                                            new_anatomy.color, new_anatomy.code))
+            anatomies = [*anatomies, manifest.user_anatomies[-1]["name"]]
+        catalog = catalog_for(manifest)
+        names = resolve_anatomies(anatomies, catalog)
         work = Path(work_dir) if work_dir else output.parent / f"{output.name}.work"
-        cases = prepare_cases(specs, prep, cache_dir=cache_dir or work / "cache")
-        check_coverage(cases, name, names)
+        specs, pair_record = _training_specs(data, label_map, pairs, names, work)
+        cases = prepare_cases(specs, prep, cache_dir=cache_dir or work / "cache", catalog=catalog)
+        check_coverage(cases, name, names, catalog)
 
         old_names = list(old_manifest.decoders)
         probe = probe_patch(cases[0], prep.patch_size_zyx, pad_value(prep))
@@ -122,7 +163,7 @@ def add_decoder(
             if step + 1 == rewind_at and info.is_main:
                 save_rewind_snapshot(work / "rewind", network, [name])
 
-        result = fit(network, {name: catalog_labels(names)}, cases, cfg, pad_value(prep), train_encoder=False,
+        result = fit(network, {name: catalog_labels(names, catalog)}, cases, cfg, pad_value(prep), train_encoder=False,
                      device=dev, work_dir=work, resume=resume, dist_info=info, progress=progress, on_step=on_step)
         network.cpu().eval()
         if module_digest(network.encoder) != encoder_before:
@@ -131,15 +172,16 @@ def add_decoder(
         if not info.is_main:
             barrier(info)
             return None
-        manifest = Manifest.from_dict(copy.deepcopy(old_manifest.to_dict()))
         entry = DecoderEntry(name, names, network.decoders[name].config)
         entry.info = {
             "stage": "add-decoder (frozen encoder)",
-            "provenance": provenance("clnet add-decoder", str(data), cfg.steps, cfg.seed, result.seconds, dev,
+            "provenance": provenance("clnet add-decoder", str(data) if data else "pairs", cfg.steps, cfg.seed, result.seconds, dev,
                                      info.world_size, cfg.to_dict(),
                                      {"scans": [c.case_id for c in cases], "base_model": old_manifest.name,
                                       "final_loss": round(result.final_loss, 4)}),
         }
+        if pair_record:
+            entry.info["training_pairs"] = pair_record  # file names and sha256 only
         manifest.decoders[name] = entry
         if evaluate:
             dice = manifest.metrics.setdefault("dice_model_grid_training_scans", {})

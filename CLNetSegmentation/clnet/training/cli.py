@@ -11,7 +11,7 @@ from ..errors import ClnetError
 # The training code (torch, monai) is imported inside the handlers, so `clnet train --help` is instant.
 
 
-def _optim_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
+def _optim_args(p: argparse.ArgumentParser, steps: int, lr: float, data_required: bool = True) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     g.add_argument("--batch-size", type=int, default=2, help="patches per step and process (default 2)")
@@ -35,7 +35,7 @@ def _optim_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
     g.add_argument("--flip-axes", type=int, nargs="*", default=[],
                    help="random flips along these axes (0=z 1=y 2=x); x swaps left and right labels!")
     r = p.add_argument_group("data and run")
-    r.add_argument("--data", required=True, help="nnU-Net dataset folder or CSV (image,label[,label_map])")
+    r.add_argument("--data", required=data_required, help="nnU-Net dataset folder or CSV (image,label[,label_map])")
     r.add_argument("--label-map", help="JSON value→anatomy map for CSV rows without their own")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--work-dir", help="checkpoints, logs and cache (default: OUTPUT.work beside -o)")
@@ -87,18 +87,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_add_decoder(args: argparse.Namespace) -> int:
     from ..checkpoint import read_manifest
-    from .add_decoder import add_decoder
+    from .add_decoder import NewAnatomy, add_decoder
     from .common import split_names
 
     _setup_logging()
+    if not args.anatomies and not args.new_anatomy:
+        raise ClnetError("Say what the decoder learns.", "Pass --anatomies NAME ... and/or --new-anatomy NAME.")
+    if (args.color or args.code) and not args.new_anatomy:
+        raise ClnetError("--color and --code describe a --new-anatomy.", "Add --new-anatomy NAME.")
+    new = NewAnatomy(args.new_anatomy, tuple(args.color) if args.color else None, args.code) if args.new_anatomy else None
     patch = read_manifest(args.model).preprocessing.patch_size_zyx
     manifest = add_decoder(
-        args.model, args.name, args.data, split_names(args.anatomies), args.output, _config(args, patch),
+        args.model, args.name, args.data, split_names(args.anatomies or []), args.output, _config(args, patch),
         width_scale=args.decoder_width, label_map=args.label_map, device=args.device, work_dir=args.work_dir,
         cache_dir=args.cache_dir, resume=not args.no_resume, evaluate=not args.no_eval, overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet, pairs=args.pair, new_anatomy=new,
     )
     if manifest is not None:
+        for u in manifest.user_anatomies:
+            if u.get("decoder") == args.name:
+                print(f"new anatomy {u['name']}: label {u['label']}")
         print(f"verified: encoder and {len(manifest.decoders) - 1} existing decoder file(s) are byte-identical "
               f"to {args.model} and give identical outputs")
         _print_summary(manifest, args.output)
@@ -151,10 +159,18 @@ def register(sub) -> None:
                        description="Continual learning: the encoder and existing decoders stay byte-identical.")
     a.add_argument("--model", required=True, help="existing model folder")
     a.add_argument("--name", required=True, help="name of the new decoder")
-    a.add_argument("--anatomies", required=True, nargs="+", help="anatomy names (commas or spaces; @file)")
+    a.add_argument("--anatomies", nargs="+", help="catalog anatomy names (commas or spaces; @file)")
+    a.add_argument("--new-anatomy", metavar="NAME", help="a new anatomy beyond the catalog, owned by this decoder "
+                   "(stored in the model's manifest with a label from 1000 up)")
+    a.add_argument("--color", type=int, nargs=3, metavar=("R", "G", "B"), help="colour of --new-anatomy (0-255)")
+    a.add_argument("--code", metavar="SCHEME^VALUE^MEANING", help="terminology code of --new-anatomy, "
+                   "e.g. SCT^78961009^Spleen")
+    a.add_argument("--pair", nargs=3, action="append", metavar=("IMAGE", "SEG", "SEGMENT"),
+                   help="a training scan and its segmentation: a .seg.nrrd and a segment name or ID, or a label "
+                        "map and a label value (repeatable; needs a decoder with one anatomy)")
     a.add_argument("-o", "--output", required=True, help="new model folder (the old one is not touched)")
     a.add_argument("--decoder-width", type=float, default=0.5)
-    _optim_args(a, steps=500, lr=2e-3)
+    _optim_args(a, steps=500, lr=2e-3, data_required=False)
     a.set_defaults(func=cmd_add_decoder)
 
     p = sub.add_parser("prune", help="structured pruning of one decoder (narrower, smaller, faster)",
