@@ -18,6 +18,7 @@ from CLNetSegmentationLib.anatomy_tree import AnatomyTreeModel
 from CLNetSegmentationLib.dependencies import DependencyError, ensureDependencies
 from CLNetSegmentationLib.environment import installModel, modelChoices, torchSummary
 from CLNetSegmentationLib.logic import outcomeText
+from CLNetSegmentationLib.model_download import ModelDownloader
 from CLNetSegmentationLib.panel import PRESET_PLACEHOLDER, Panel
 from CLNetSegmentationLib.qt_compat import value as qtValue
 from CLNetSegmentationLib.slicer_widgets import loadSelfTest, loadTerminology, makeNodeSelector, showError
@@ -77,6 +78,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = CLNetSegmentationLogic()
         self.panel = Panel(nodeSelector=makeNodeSelector)
         self.layout.addWidget(self.panel.widget)
+        self.downloader = ModelDownloader(self.panel, lambda path: self._refreshModels(select=path), showError, self._log)
         self.tree = AnatomyTreeWidget(AnatomyTreeModel(load_catalog()), self.panel.tree,
                                       onChanged=self._onSelectionChanged)
         p = self.panel
@@ -105,6 +107,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.discard()
             self._job = None
         self.timer.stop()
+        self.downloader.discard()
         self.removeObservers()
         self._setParameterNode(None)
 
@@ -166,9 +169,11 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _refreshModels(self, select: str | None = None) -> None:
         current = select if select is not None else (self._parameterNode.model if self._parameterNode else "")
         self.panel.setModelChoices(modelChoices(), current or "")
-        self._refreshAvailability()
+        self._onModelChanged(0)  # stores the selection (the selector's signals were blocked)
 
     def _onModelChanged(self, index: int) -> None:
+        if self.downloader.handleSelection(self._parameterNode.model if self._parameterNode else ""):
+            return  # the "Download the official model…" entry: the selector is back on the previous model
         if self._parameterNode is not None:
             self._parameterNode.model = qtValue(self.panel.modelCombo, "currentData") or ""
         self._refreshAvailability()
@@ -212,6 +217,8 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # -- running -----------------------------------------------------------------------------
     def onSegmentButton(self) -> None:
+        if self.downloader.busy:  # the button reads "Cancel" during a download too
+            return self.downloader.cancel()
         if self._job is not None:  # the button reads "Cancel"
             self._job.cancel()
             self._log("Cancelling…")

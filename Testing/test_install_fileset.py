@@ -243,7 +243,7 @@ def test_license_help_and_contributors():
     text = (ROOT / "LICENSE").read_text()
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
-    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
     assert metadata.DOCS_URL in metadata.HELP_TEXT and "5.10" in metadata.HELP_TEXT
     assert all(re.fullmatch(r".+ \(.+\)", c) for c in metadata.CONTRIBUTORS)  # "Name (Organisation)"
     module = (MODULE_DIR / "CLNetSegmentation.py").read_text()

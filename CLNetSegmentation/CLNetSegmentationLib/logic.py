@@ -61,6 +61,24 @@ class CLNetSegmentationLogic(_LogicBase):
         names = {catalog.by_name(n).name for n in manifest.anatomy_owner() if n in catalog}
         return [a for a in catalog if a.name in names]
 
+    def downloadOfficialModel(self, heads: Sequence[str] | None = None, blocking: bool = True,
+                              progressCallback: ProgressCallback | None = None, cancel: Cancel = None):
+        """Download, verify and install the official CL-Net model (``heads``: official or friendly names;
+        all nine when None) in a worker process and make it the default model.
+
+        Blocking: returns the result (``model``, ``path``, ``heads``, sizes) or raises the run's error
+        (``ClnetError`` with a hint, ``CancelledError``). Otherwise returns the started ``ProcessJob``:
+        poll it, then ``finish()``.
+        """
+        from .model_download import downloadJob
+
+        job = downloadJob(heads).start()
+        if not blocking:
+            return job
+        isCancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        job.wait(progressCallback=progressCallback, isCancelled=isCancelled)
+        return job.finish()
+
     # -- running -----------------------------------------------------------------------------
     def segment(
         self,

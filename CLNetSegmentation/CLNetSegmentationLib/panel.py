@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .environment import DEVICE_CHOICES
+from .model_download import DOWNLOAD_LABEL, DOWNLOAD_VALUE
 from .presets import PRESETS
 from .qt_compat import qt
 
@@ -127,6 +128,7 @@ class Panel:
         self.modelCombo.clear()
         for label, value in choices:
             self.modelCombo.addItem(label, value)
+        self.modelCombo.addItem(DOWNLOAD_LABEL, DOWNLOAD_VALUE)  # opens the download dialog, never stays selected
         index = max(0, self.modelCombo.findData(current))
         self.modelCombo.setCurrentIndex(index)
         self.modelCombo.blockSignals(False)

@@ -138,8 +138,10 @@ def _run_segment(args: argparse.Namespace, source_path: str) -> int:
                       present=[a.name for a in result.present], requested=[a.name for a in result.requested])
     elif not args.quiet:
         m = segmenter.manifest
-        if m.demo or not m.clinical_use:
+        if m.demo:
             print(f"note: model {m.name!r} is a demonstration model, not for clinical use.", file=sys.stderr)
+        elif not m.clinical_use:
+            print(f"note: model {m.name!r} holds research weights, not for clinical use.", file=sys.stderr)
         subset = bool(args.anatomies or args.regions)
         print(f"{_summary(len(result.present), len(result.requested), subset)}; "
               f"wrote {', '.join(str(p) for p in written.values())}")
