@@ -117,6 +117,17 @@ def set_lineage(manifest: Manifest, old: Manifest, model_dir: Path, model_name: 
                            "manifest_sha256": sha256_file(model_dir / "manifest.json")}
 
 
+def _redact_paths(prov: dict, triples: Sequence[Sequence[str]]) -> None:
+    """The recorded command line names the pairs' files, not their folders (which may say whose scan it is)."""
+    import shlex
+
+    command = prov.get("command", "")
+    for image, seg, _ in triples:
+        for f in (str(image), str(seg)):
+            command = command.replace(shlex.quote(f), shlex.quote(Path(f).name)).replace(f, Path(f).name)
+    prov["command"] = command
+
+
 def _check_pairs_overlap(cases: Sequence[PreparedCase], pairs, labels: Sequence[int]) -> None:
     """Each pair's segment must land on its image's model grid (a segment outside the scan teaches nothing)."""
     for i, case in enumerate(c for c in cases if c.case_id.startswith("pair")):
@@ -251,6 +262,8 @@ def add_decoder(
                                      {"scans": [c.case_id for c in cases], "base_model": old_manifest.name,
                                       "final_loss": round(result.final_loss, 4)}),
         }
+        if pair_record or validate:
+            _redact_paths(entry.info["provenance"], [*(pairs or []), *([validate] if validate else [])])
         if pair_record:
             entry.info["training_pairs"] = pair_record  # file names and sha256 only
         if validation is not None:
