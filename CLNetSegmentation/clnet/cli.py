@@ -149,6 +149,7 @@ def _run_segment(args: argparse.Namespace, source_path: str) -> int:
 
 def cmd_anatomies(args: argparse.Namespace) -> int:
     from .catalog import load_catalog
+    from .catalog.user import catalog_for
 
     catalog = load_catalog()
     available: set[str] = set()
@@ -160,6 +161,7 @@ def cmd_anatomies(args: argparse.Namespace) -> int:
 
             manifest = read_manifest(resolve_model(args.model))
             model_name = manifest.name
+            catalog = catalog_for(manifest)  # the catalog plus the model's own "My anatomies"
             available = {catalog.by_name(n).name for n in manifest.anatomy_owner()}
         except ClnetError as exc:
             if args.model:

@@ -24,8 +24,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{mark} {name:<20} {path}  (unreadable manifest)")
             continue
         flag = "demo" if manifest.demo else ("clinical" if manifest.clinical_use else "research")
+        base = manifest.base_model  # a version made by `clnet add-decoder`: which model it came from
+        lineage = f", v{manifest.version} from {base.get('name')} v{base.get('version')}" if base else ""
         print(f"{mark} {name:<20} {len(manifest.decoders)} decoders, {len(manifest.anatomy_owner())} anatomies, "
-              f"{flag}  {path}")
+              f"{flag}{lineage}  {path}")
     print("* = the default model (`clnet models default NAME`)" if default else
           "no default model set: `clnet segment` uses the bundled demo (`clnet models default NAME` changes that)")
     return 0

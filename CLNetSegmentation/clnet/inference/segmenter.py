@@ -15,7 +15,8 @@ import torch
 from .. import __version__
 from ..bodypart import BodyPartModel, BpregModel
 from ..bodypart import load_default as load_default_bodypart
-from ..catalog import Anatomy, load_catalog
+from ..catalog import Anatomy
+from ..catalog.user import catalog_for
 from ..checkpoint import LoadedModel, load_model
 from ..errors import ClnetError
 from ..io import LoadedImage, read_image, validate_ct
@@ -92,7 +93,7 @@ class Segmenter:
         else:
             self.model = load_model(resolve_model(model), device=self.device)
         self.manifest = self.model.manifest
-        self.catalog = load_catalog()
+        self.catalog = catalog_for(self.manifest)  # the catalog plus the model's user anatomies
         self.batch_size = max(1, int(batch_size))
         self.gating = gating
         self._bodypart: tuple[BodyPartModel | BpregModel, str] | None = None
@@ -193,8 +194,11 @@ class Segmenter:
         run = [d for d in self.manifest.decoders if any(owner.get(n) == d for n in wanted)]
         labels_by_name = {a.name: a.label for a in self.catalog}
         canon = {n: self.catalog.by_name(n).name for n in owner}
+        # A decoder's channel for an anatomy that a correction now owns maps to background: the
+        # replacement alone decides it (manifest ``replaces``); the decoder's other channels are unchanged.
         lookups = {
-            d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name, wanted)
+            d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name,
+                              wanted - {canon[n] for n in self.manifest.ignored_channels(d)})
             for d in run
         }
         estimate = estimate_memory(image.GetSize(), image.GetSpacing(), self.manifest, run, fast, self.batch_size)
@@ -234,6 +238,8 @@ class Segmenter:
                 if merged is None:
                     merged = (sitk.GetArrayFromImage(label_image), sitk.GetArrayFromImage(first_confidence))
                     label_image = first_confidence = None
+                if group_labels.GetPixelID() == sitk.sitkUInt16 and merged[0].dtype == np.uint8:
+                    merged = (merged[0].astype(np.uint16), merged[1])  # a later group holds user labels
                 conflicts += merge_claims(merged[0], merged[1], sitk.GetArrayViewFromImage(group_labels),
                                           sitk.GetArrayViewFromImage(group_confidence))
             timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t
@@ -436,8 +442,10 @@ class Segmenter:
             # A fresh merger per attempt: a retry after running out of memory starts clean.
             self.model.network.to(device)
             self.device = device
+            # User anatomies carry labels from 1000 up: such a label map needs uint16.
+            wide = any(int(lookups[d].max(initial=0)) > 255 for d in decoders)
             merger = LabelMerger(prepared.data.shape, {d: lookups[d] for d in decoders}, decoders,
-                                 keep_heads=keep_heads)
+                                 dtype=np.uint16 if wide else np.uint8, keep_heads=keep_heads)
             if not slab:
                 return merger, dict.fromkeys(["encoder", *decoders], 0)
             runs = sliding_window(

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..catalog import load_catalog
+from ..catalog import Catalog, load_catalog
+from ..catalog.user import USER_LABEL_LAST
 from ..errors import ClnetError
 from ..inference.preprocessing import labels_to_model_grid, prepare
 from ..manifest import Preprocessing
@@ -31,6 +32,8 @@ from ..manifest import Preprocessing
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: Size of the label → class lookup tables: catalog labels and the reserved user range (1000+).
+LABEL_TABLE_SIZE = USER_LABEL_LAST + 1
 
 
 @dataclass
@@ -46,11 +49,11 @@ class CaseSpec:
 
 @dataclass
 class PreparedCase:
-    """A scan on the model grid: normalised image and labels as *catalog label values* (uint8)."""
+    """A scan on the model grid: normalised image and labels as *catalog label values* (uint8/uint16)."""
 
     case_id: str
     image: np.ndarray  # float32 (z, y, x)
-    labels: np.ndarray  # uint8 (z, y, x), catalog label values, 0 = background or not labelled
+    labels: np.ndarray  # uint8/uint16 (z, y, x), catalog (or user) label values, 0 = background
     labelled: frozenset[int]  # catalog label values this scan labels (absent from the scan = truly absent)
 
     def targets(self, catalog_labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +61,7 @@ class PreparedCase:
 
         ``known[c]`` is False for decoder class c when this scan does not label that anatomy.
         """
-        lut = np.zeros(256, dtype=np.int64)
+        lut = np.zeros(LABEL_TABLE_SIZE, dtype=np.int64)
         known = np.zeros(len(catalog_labels) + 1, dtype=bool)
         known[0] = True
         for i, lab in enumerate(catalog_labels, start=1):
@@ -190,9 +193,13 @@ def _cache_key(spec: CaseSpec, prep: Preprocessing, fast: bool) -> str:
 
 
 def prepare_case(spec: CaseSpec, prep: Preprocessing, fast: bool = False,
-                 cache_dir: str | Path | None = None) -> PreparedCase:
-    """Bring one scan and its labels to the model grid exactly as inference does (cached when asked)."""
-    catalog = load_catalog()
+                 cache_dir: str | Path | None = None, catalog: Catalog | None = None) -> PreparedCase:
+    """Bring one scan and its labels to the model grid exactly as inference does (cached when asked).
+
+    ``catalog`` resolves the label map's names (default: the packaged one; a model's overlay with its
+    user anatomies from :func:`clnet.catalog.user.catalog_for`).
+    """
+    catalog = catalog or load_catalog()
     labelled = frozenset(catalog.by_name(n).label for n in spec.label_map.values())
     cache = Path(cache_dir) if cache_dir else None
     if cache is not None:
@@ -205,9 +212,11 @@ def prepare_case(spec: CaseSpec, prep: Preprocessing, fast: bool = False,
     pv = prepare(image, prep, fast=fast)
     raw = labels_to_model_grid(label_img, pv.grid)
     # Remap the scan's own values to catalog label values so every scan speaks the same language.
-    lut = np.zeros(int(max(raw.max(), max(spec.label_map))) + 1, dtype=np.uint8)
-    for value, name in spec.label_map.items():
-        lut[value] = catalog.by_name(name).label
+    targets = {value: catalog.by_name(name).label for value, name in spec.label_map.items()}
+    dtype = np.uint16 if max(targets.values()) > 255 else np.uint8
+    lut = np.zeros(int(max(raw.max(), max(spec.label_map))) + 1, dtype=dtype)
+    for value, label in targets.items():
+        lut[value] = label
     labels = lut[np.clip(raw, 0, len(lut) - 1).astype(np.int64)]
     case = PreparedCase(spec.case_id, np.ascontiguousarray(pv.data, dtype=np.float32), labels, labelled)
     if cache is not None:
@@ -221,20 +230,20 @@ def prepare_case(spec: CaseSpec, prep: Preprocessing, fast: bool = False,
 
 
 def prepare_cases(specs: Iterable[CaseSpec], prep: Preprocessing, fast: bool = False,
-                  cache_dir: str | Path | None = None) -> list[PreparedCase]:
+                  cache_dir: str | Path | None = None, catalog: Catalog | None = None) -> list[PreparedCase]:
     """Prepare every scan once (they then stay in memory for the whole run)."""
     out = []
     for s in specs:
         if s.ignored_names:
             log.warning("%s: label names not in the catalog are treated as background: %s", s.case_id,
                         ", ".join(sorted(set(s.ignored_names))[:10]))
-        out.append(prepare_case(s, prep, fast, cache_dir))
+        out.append(prepare_case(s, prep, fast, cache_dir, catalog))
     return out
 
 
-def resolve_anatomies(names: Iterable[str]) -> list[str]:
+def resolve_anatomies(names: Iterable[str], catalog: Catalog | None = None) -> list[str]:
     """Canonical catalog names (accepts aliases such as TotalSegmentator names); keeps the order."""
-    catalog = load_catalog()
+    catalog = catalog or load_catalog()
     out: list[str] = []
     for n in names:
         n = n.strip()
@@ -249,8 +258,9 @@ def resolve_anatomies(names: Iterable[str]) -> list[str]:
     return out
 
 
-def catalog_labels(names: Sequence[str]) -> list[int]:
-    catalog = load_catalog()
+def catalog_labels(names: Sequence[str], catalog: Catalog | None = None) -> list[int]:
+    """Label values of ``names`` in ``catalog`` (default: the packaged catalog)."""
+    catalog = catalog or load_catalog()
     return [catalog.by_name(n).label for n in names]
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..catalog import Catalog
+from ..catalog.user import catalog_for
 from ..checkpoint import save_model
 from ..errors import ClnetError
 from ..manifest import DecoderEntry, Manifest, Preprocessing
@@ -30,10 +32,11 @@ from .trainer import TrainConfig, fit, seed_everything
 log = logging.getLogger(__name__)
 
 
-def check_coverage(cases: Sequence[PreparedCase], decoder: str, names: Sequence[str]) -> list[str]:
+def check_coverage(cases: Sequence[PreparedCase], decoder: str, names: Sequence[str],
+                   catalog: Catalog | None = None) -> list[str]:
     """Anatomies no scan labels (a user error when it is all of them; a warning otherwise)."""
     labelled = set().union(*(c.labelled for c in cases))
-    missing = [n for n, lab in zip(names, catalog_labels(names)) if lab not in labelled]
+    missing = [n for n, lab in zip(names, catalog_labels(names, catalog)) if lab not in labelled]
     if len(missing) == len(names):
         raise ClnetError(f"No scan in the data labels any anatomy of decoder {decoder}.",
                          "Check the label maps (dataset.json labels / --label-map) against the anatomy names.")
@@ -57,7 +60,8 @@ def evaluate_heads(network: CLNet, manifest: Manifest, heads: Sequence[str], cas
     out = {}
     for h in heads:
         names = manifest.decoders[h].anatomies
-        scores = dice_per_anatomy(network, h, names, catalog_labels(names), cases, prep.patch_size_zyx,
+        scores = dice_per_anatomy(network, h, names, catalog_labels(names, catalog_for(manifest)), cases,
+                                  prep.patch_size_zyx,
                                   prep.overlap, pad_value(prep), device)
         out[h] = {"mean": round(mean_dice(scores), 4), **{k: round(v, 4) for k, v in scores.items()}}
     return out

@@ -29,7 +29,7 @@ from monai.transforms import (
 )
 from monai.transforms.utils import map_binary_to_indices
 
-from .datasets import PreparedCase
+from .datasets import LABEL_TABLE_SIZE, PreparedCase
 
 
 @dataclass
@@ -86,7 +86,7 @@ class PatchSampler:
             raise ValueError("no scans to sample from")
         self.patch = tuple(int(p) for p in patch)
         self.seed, self.rank = int(seed), int(rank)
-        fg_lut = np.zeros(256, dtype=bool)
+        fg_lut = np.zeros(LABEL_TABLE_SIZE, dtype=bool)
         fg_lut[list(foreground_labels)] = True
         self.items = []
         for c in cases:
@@ -101,7 +101,7 @@ class PatchSampler:
         self.transform = Compose([crop, *build_augment(augment or AugmentConfig())])
 
     def sample(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Batch for ``step``: image (B, 1, z, y, x) float32, labels (B, z, y, x) uint8, case indices."""
+        """Batch for ``step``: image (B, 1, z, y, x) float32, labels (B, z, y, x) int16, case indices."""
         rng = np.random.default_rng([self.seed, self.rank, int(step)])
         self.transform.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
         idx = [int(i) for i in rng.integers(0, len(self.items), size=batch_size)]
@@ -110,5 +110,5 @@ class PatchSampler:
             out = self.transform(dict(self.items[i]))
             out = out[0] if isinstance(out, list) else out
             imgs.append(torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32))
-            labs.append(torch.as_tensor(np.asarray(out["label"])[0]).to(torch.uint8))
+            labs.append(torch.as_tensor(np.asarray(out["label"])[0]).to(torch.int16))
         return torch.stack(imgs), torch.stack(labs), idx
