@@ -16,7 +16,7 @@ from .atomic import atomic_write
 
 def _segment_fields(index: int, anatomy: Anatomy, extent: Sequence[int]) -> dict[str, str]:
     prefix = f"Segment{index}_"
-    # Every segment is coded, uncoded and user anatomies with a private code (slicer_terminology).
+    # Every segment is coded: an anatomy without a code of its own gets a private one (slicer_terminology).
     tags = f"TerminologyEntry:{slicer_terminology(anatomy).to_slicer_string()}|"
     return {
         prefix + "ID": anatomy.name,
