@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from clnet.catalog import load_catalog
-from clnet.catalog.user import catalog_for, new_user_anatomy, parse_code, user_anatomies
+from clnet.catalog.user import catalog_for, from_label_entry, new_user_anatomy, parse_code, user_anatomies
 from clnet.errors import ClnetError
 from clnet.inference.segmenter import SegmentationResult
 from clnet.io.read import LoadedImage, read_image
@@ -221,6 +221,14 @@ def test_masks_statistics_and_json_name_user_anatomies(written) -> None:
     assert labels["1000"]["name"] == PAINTED and labels["1000"]["mask"] == "masks/Painted_spine.nii.gz"
     assert labels["1001"]["present"] is False and labels["1001"]["source"] == "user"
     assert labels["1001"]["terminology"]["type"]["value"] == "64033007"
+
+
+def test_label_entries_give_back_the_user_anatomies(written, catalog) -> None:
+    """A reader without the model (evaluate, the Slicer import) rebuilds each user anatomy exactly."""
+    labels = json.loads(written["json"].read_text())["labels"]
+    assert from_label_entry(labels["1000"]) == catalog.by_name(PAINTED)
+    assert from_label_entry(labels["1001"]) == catalog.by_name(KIDNEY)
+    assert from_label_entry(labels["42"]) is None and from_label_entry({"source": "user"}) is None
 
 
 def test_preview_legend_shows_the_user_colour(written) -> None:

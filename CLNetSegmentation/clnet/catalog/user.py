@@ -47,6 +47,24 @@ def to_anatomy(entry: dict[str, Any]) -> Anatomy:
                    source="user")
 
 
+def from_label_entry(entry: object) -> Anatomy | None:
+    """The user anatomy that a ``segmentation.json`` ``labels`` entry describes (``source: "user"``).
+
+    For readers of a result folder without its model (``clnet evaluate``, the Slicer import); None
+    for a catalog anatomy's entry or one that is not an anatomy record.
+    """
+    if not isinstance(entry, dict) or entry.get("source") != "user":
+        return None
+    term = entry.get("terminology") or {}
+    code = term.get("type") if isinstance(term, dict) else None
+    try:
+        return to_anatomy({"name": entry["name"], "label": entry["label"], "color": entry["color"],
+                           "decoder": entry.get("decoder"),
+                           "code": [code["scheme"], code["value"], code["meaning"]] if code else None})
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def user_anatomies(manifest) -> list[Anatomy]:
     """The model's user-defined anatomies (``manifest`` is a :class:`clnet.manifest.Manifest`)."""
     return [to_anatomy(e) for e in getattr(manifest, "user_anatomies", None) or []]

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..catalog import Anatomy, load_catalog
-from ..catalog.user import to_anatomy
+from ..catalog.user import from_label_entry
 from ..errors import InputError
 from .evaluate import _label_array, surface_distances
 from .geometry import require_same_grid
@@ -55,20 +55,6 @@ def catalog_label_map(user: Sequence[Anatomy] = ()) -> LabelMap:
     """Values are catalog labels (clnet's own outputs), and ``user`` anatomies' labels."""
     source = "catalog label values" + (" and the prediction's user anatomies" if user else "")
     return LabelMap({a: [a.label] for a in [*load_catalog(), *user]}, source, complete=False, user=list(user))
-
-
-def _user_entry(entry: object) -> Anatomy | None:
-    """The user anatomy a ``segmentation.json`` label entry describes (``source: "user"``), else None."""
-    if not isinstance(entry, dict) or entry.get("source") != "user":
-        return None
-    term = entry.get("terminology") or {}
-    code = term.get("type") or {}
-    try:
-        return to_anatomy({"name": entry["name"], "label": entry["label"], "color": entry["color"],
-                           "decoder": entry.get("decoder"),
-                           "code": [code["scheme"], code["value"], code["meaning"]] if code else None})
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _resolver(known: list[Anatomy]) -> Callable[[str], Anatomy | None]:
@@ -99,7 +85,7 @@ def read_label_map(path: str | Path, user: Sequence[Anatomy] = ()) -> LabelMap:
     known = list(user)
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):  # clnet's segmentation.json
         for entry in data["labels"].values():
-            own = _user_entry(entry)
+            own = from_label_entry(entry)
             if own is not None and all(a.name.lower() != own.name.lower() for a in known):
                 known.append(own)
         data = {k: v.get("name") if isinstance(v, dict) else v for k, v in data["labels"].items()}
