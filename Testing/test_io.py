@@ -373,7 +373,9 @@ def test_seg_nrrd_header_and_roundtrip(shared_data, tmp_path):
     assert header["Segment1_Layer"] == "0"
     assert header["Segment1_Tags"].startswith("TerminologyEntry:Segmentation category and type")
     assert header["Segment1_Tags"].endswith("|") and "SCT^24028007^Right" in header["Segment1_Tags"]
-    assert header["Segment2_Tags"] == ""
+    # An anatomy without a SNOMED-CT code gets clnet's private code, as in the Slicer terminology file.
+    assert header["Segment2_Tags"].endswith("~SCT^123037004^Anatomical Structure~99CLNET^liver^Liver~^^"
+                                            "~Anatomic codes - DICOM master list~^^~^^|")
     assert np.allclose(
         [float(v) for v in header["Segment0_Color"].split()], np.array([157, 108, 162]) / 255, atol=1e-5
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
-from .catalog.anatomy import NAME_STYLES
+from .catalog.anatomy import NAME_STYLES, Anatomy
 from .errors import ClnetError, Setting
 from .io import (
     LoadedImage,
@@ -47,6 +47,16 @@ def check_output_request(out_dir: str | Path, source: LoadedImage | sitk.Image, 
     check_output_folder(Path(out_dir))
 
 
+def _check_file_names(anatomies: Sequence[Anatomy], names: str) -> None:
+    """Two anatomies must not share a mask file (or a statistics.json key), whatever the letter case."""
+    seen: dict[str, Anatomy] = {}
+    for a in anatomies:
+        other = seen.setdefault(a.name_in(names).lower(), a)
+        if other is not a:
+            raise ClnetError(f"{other.name!r} and {a.name!r} would both write masks/{a.name_in(names)}.nii.gz.",
+                             "Rename one of the model's user anatomies, or leave one out of the request.")
+
+
 def save_result(
     result: SegmentationResult,
     out_dir: str | Path,
@@ -62,10 +72,13 @@ def save_result(
     ``masks`` writes one file per requested anatomy, an empty mask when it was not found (as
     TotalSegmentator does), so a script finds every file it asked for. ``names`` picks the mask file
     names and the keys of ``statistics.json``: ``catalog`` (``Kidney_L``) or ``totalsegmentator``
-    (``kidney_left``). NIfTI outputs keep a NIfTI input's qform/sform codes. Warnings that writing
+    (``kidney_left``); a user anatomy's name is made file-safe (``Painted spine`` → ``Painted_spine``).
+    NIfTI outputs keep a NIfTI input's qform/sform codes. Warnings that writing
     raises (e.g. invented DICOM references) are added to ``result.warnings``.
     """
     check_output_request(out_dir, source, formats, names)
+    if "masks" in formats or stats:
+        _check_file_names(result.requested, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image = source.image if isinstance(source, LoadedImage) else source
@@ -112,6 +125,9 @@ def save_result(
     written["json"] = out / "segmentation.json"
     payload = result.label_map()
     payload["outputs"] = {k: v.name for k, v in written.items() if k != "json"}
+    if "masks" in formats:  # where each anatomy's mask is (a user anatomy's file name is not its name)
+        for a in result.requested:
+            payload["labels"][str(a.label)]["mask"] = f"masks/{a.name_in(names)}.nii.gz"
     payload["names"] = names
     write_json(written["json"], payload)
     return written

@@ -11,6 +11,11 @@ from .terminology import Terminology
 NAME_STYLES = ("catalog", "totalsegmentator")
 
 
+def file_safe(name: str) -> str:
+    """``name`` with each run of characters other than letters, digits, ``_`` and ``-`` made one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "_"
+
+
 @dataclass(frozen=True)
 class Anatomy:
     """A segmentable structure with a stable label value.
@@ -43,9 +48,13 @@ class Anatomy:
         return "_".join(re.findall(r"[a-z0-9]+", self.display_name.lower()))
 
     def name_in(self, style: str) -> str:
-        """The anatomy's name in a naming ``style``: ``catalog`` (``Kidney_L``) or ``totalsegmentator``."""
+        """The anatomy's file-safe name in a naming ``style``: ``catalog`` (``Kidney_L``) or ``totalsegmentator``.
+
+        Catalog names are file-safe already; a user anatomy's name may hold spaces and brackets,
+        which become ``_`` (``Painted spine (mine)`` → ``Painted_spine_mine``).
+        """
         if style == "catalog":
-            return self.name
+            return file_safe(self.name)
         if style == "totalsegmentator":
             return self.totalsegmentator_name
         raise ValueError(f"unknown naming style {style!r} (catalog or totalsegmentator)")

@@ -9,7 +9,8 @@ Slicer matches a segment to a list by the context name in its terminology string
 context, :data:`TERMINOLOGY_FILE`, holding all 235 with their codes and colours; the Slicer module
 loads it at start-up. The 42 anatomies without a SNOMED-CT code (lymph-node stations and a few
 others) get a private code (:data:`PRIVATE_SCHEME`, DICOM PS3.16 section 8.2) so that they too are
-found in the list.
+found in the list. User-defined anatomies (``source == "user"``, labels from 1000, see
+:mod:`.user`) without a code of their own get one in :data:`USER_PRIVATE_SCHEME`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ SLICER_CATEGORY_TYPE_CONTEXT = "Segmentation category and type - CLNet Segmentat
 SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 PRIVATE_SCHEME = "99CLNET"
 """Coding scheme designator of the private codes (value: catalog name; meaning: display name)."""
+USER_PRIVATE_SCHEME = "99CLNETU"
+"""Private scheme of user anatomies without a code (value ``user-<label>``; meaning: the name).
+
+The value is local to one model (another model may give label 1000 to another structure); the
+meaning says what it is. Users who exchange results give the anatomy a standard code instead.
+"""
 TERMINOLOGY_FILE = Path(__file__).resolve().with_name("SegmentationCategoryTypeModifier-CLNet.term.json")
 TERMINOLOGY_SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#"
 """The schema URL Slicer's Terminologies module requires in a terminology context file."""
@@ -92,10 +99,24 @@ ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
 
 
 def slicer_terminology(anatomy: Anatomy) -> Terminology:
-    """The anatomy's coded terminology, or its private code when it has no SNOMED-CT one."""
+    """The terminology every output writes for ``anatomy`` (seg.nrrd, DICOM-SEG, Slicer segments).
+
+    Its own code when it has one; else a private code: :data:`PRIVATE_SCHEME` for a catalog
+    anatomy (value: catalog name, as in :data:`TERMINOLOGY_FILE`), :data:`USER_PRIVATE_SCHEME` for
+    a user-defined one (value ``user-<label>``, meaning: its name).
+    """
     if anatomy.terminology is not None:
         return anatomy.terminology
+    if anatomy.source == "user":
+        return Terminology(ANATOMICAL_STRUCTURE,
+                           Code(USER_PRIVATE_SCHEME, f"user-{anatomy.label}", anatomy.display_name))
     return Terminology(ANATOMICAL_STRUCTURE, Code(PRIVATE_SCHEME, anatomy.name, anatomy.display_name))
+
+
+def private_schemes(terminologies: Iterable[Terminology]) -> list[str]:
+    """The private coding schemes (designators starting ``99``, DICOM PS3.16 8.2) that ``terminologies`` use."""
+    found = {c.scheme for t in terminologies for c in (t.category, t.type, t.modifier) if c is not None}
+    return sorted(s for s in found if s.startswith("99"))
 
 
 def _code_fields(code: Code) -> dict[str, Any]:

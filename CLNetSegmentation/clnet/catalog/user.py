@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ClnetError
-from .anatomy import Anatomy
+from .anatomy import NAME_STYLES, Anatomy
 from .catalog import Catalog, load_catalog
 from .terminology import Code, Terminology
 
@@ -30,6 +30,10 @@ def parse_code(text: str) -> Code:
     if len(parts) != 3 or not all(parts):
         raise ClnetError(f"Terminology code {text!r} is not SCHEME^VALUE^MEANING.",
                          'Example: --code "SCT^78961009^Spleen".')
+    # '~' and '|' separate the fields of Slicer's terminology tag; DICOM limits the meaning to 64 characters.
+    if any(c in text for c in "~|\\") or len(parts[2]) > 64 or len(parts[0]) > 16:
+        raise ClnetError(f"Terminology code {text!r} cannot be written to seg.nrrd / DICOM-SEG.",
+                         "Leave out ~ | and \\, keep the scheme to 16 and the meaning to 64 characters.")
     return Code(parts[0], parts[1], parts[2])
 
 
@@ -41,6 +45,24 @@ def to_anatomy(entry: dict[str, Any]) -> Anatomy:
     return Anatomy(label=int(entry["label"]), name=str(entry["name"]), display_name=str(entry["name"]),
                    region=USER_REGION, decoder=entry.get("decoder"), color=(r, g, b), terminology=term,
                    source="user")
+
+
+def from_label_entry(entry: object) -> Anatomy | None:
+    """The user anatomy that a ``segmentation.json`` ``labels`` entry describes (``source: "user"``).
+
+    For readers of a result folder without its model (``clnet evaluate``, the Slicer import); None
+    for a catalog anatomy's entry or one that is not an anatomy record.
+    """
+    if not isinstance(entry, dict) or entry.get("source") != "user":
+        return None
+    term = entry.get("terminology") or {}
+    code = term.get("type") if isinstance(term, dict) else None
+    try:
+        return to_anatomy({"name": entry["name"], "label": entry["label"], "color": entry["color"],
+                           "decoder": entry.get("decoder"),
+                           "code": [code["scheme"], code["value"], code["meaning"]] if code else None})
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def user_anatomies(manifest) -> list[Anatomy]:
@@ -63,6 +85,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _file_names(name: str) -> set[str]:
+    """The mask file stems (both naming styles, case-folded) a user anatomy called ``name`` writes."""
+    a = Anatomy(USER_LABEL_FIRST, name, name, USER_REGION, None, DEFAULT_COLOR, None, source="user")
+    return {a.name_in(style).lower() for style in NAME_STYLES}
+
+
 def new_user_anatomy(name: str, existing: Sequence[dict[str, Any]], decoder: str,
                      color: Sequence[int] | None = None, code: str | None = None) -> dict[str, Any]:
     """A manifest entry for a new user anatomy with the next free label of the reserved range."""
@@ -72,6 +100,10 @@ def new_user_anatomy(name: str, existing: Sequence[dict[str, Any]], decoder: str
                          "Pass it with --anatomies instead of --new-anatomy.")
     if any(str(e["name"]).lower() == name.lower() for e in existing):
         raise ClnetError(f"The model already has a user anatomy named {name!r}.", "Pick another name.")
+    clash = next((e["name"] for e in existing if _file_names(str(e["name"])) & _file_names(name)), None)
+    if clash is not None:
+        raise ClnetError(f"{name!r} and the model's user anatomy {clash!r} would write the same mask file.",
+                         "Pick a name that differs in more than spaces, brackets or letter case.")
     used = {int(e["label"]) for e in existing}
     label = next((v for v in range(USER_LABEL_FIRST, USER_LABEL_LAST + 1) if v not in used), None)
     if label is None:

@@ -9,12 +9,21 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..catalog.anatomy import Anatomy
-from ..catalog.terminology import Code
+from ..catalog.terminology import (
+    PRIVATE_SCHEME,
+    USER_PRIVATE_SCHEME,
+    Code,
+    private_schemes,
+    slicer_terminology,
+)
 from ..errors import ClnetError, InputError
 from .atomic import atomic_write
 
-# Used when an anatomy has no coded terminology: "Anatomical structure" is valid for both slots.
-_FALLBACK_CODE = Code("SCT", "91723000", "Anatomical Structure")
+# Coding Scheme Identification (0008,0110) items for the private schemes a SEG may use.
+_PRIVATE_SCHEME_NAMES = {
+    PRIVATE_SCHEME: "CLNet anatomies without a SNOMED-CT code",
+    USER_PRIVATE_SCHEME: "CLNet user-defined anatomies of one model",
+}
 _MANUFACTURER = "CLNet"
 # Content Creator's Name (0070,0084) is a person name; for an automatic result it names the software.
 _CONTENT_CREATOR = "CLNet^automatic"
@@ -42,6 +51,14 @@ def _version() -> str:
 
 def _coded(hd, code: Code):
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _scheme_item(pydicom, scheme: str):
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = scheme
+    item.CodingSchemeName = _PRIVATE_SCHEME_NAMES.get(scheme, scheme)
+    item.CodingSchemeResponsibleOrganization = "CLNet Segmentation"
+    return item
 
 
 def _load_sources(pydicom, dicom_files: Sequence[Path]) -> tuple[list, list[str]]:
@@ -104,7 +121,7 @@ def write_dicom_seg(
             "The segmentation contains none of the requested anatomies; a DICOM-SEG needs at least one segment.",
             "Check the selected structures or write another output format.",
         )
-    # DICOM segment numbers must run 1..n, so catalog labels are remapped.
+    # DICOM segment numbers must run 1..n, so labels (catalog 1-235, user 1000+, gaps anywhere) are remapped.
     lut = np.zeros(len(counts), dtype=np.uint16 if len(present) > 255 else np.uint8)
     for number, anatomy in enumerate(present, start=1):
         lut[anatomy.label] = number
@@ -117,19 +134,19 @@ def write_dicom_seg(
     )
     descriptions = []
     for number, anatomy in enumerate(present, start=1):
-        term = anatomy.terminology
+        term = slicer_terminology(anatomy)  # the same codes as the seg.nrrd, private ones included
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=anatomy.display_name[:64],
-            segmented_property_category=_coded(hd, term.category if term else _FALLBACK_CODE),
-            segmented_property_type=_coded(hd, term.type if term else _FALLBACK_CODE),
+            segmented_property_category=_coded(hd, term.category),
+            segmented_property_type=_coded(hd, term.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=anatomy.name,
             tracking_uid=hd.UID(),
             display_color=hd.color.CIELabColor.from_rgb(*anatomy.color),
         )
-        if term and term.modifier:
+        if term.modifier:
             # The modifier (e.g. laterality) lives inside the property type item.
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 _coded(hd, term.modifier)
@@ -153,5 +170,9 @@ def write_dicom_seg(
         series_description="CLNet segmentation",
         content_creator_name=_CONTENT_CREATOR,
     )
+    schemes = private_schemes(slicer_terminology(a) for a in present)
+    if schemes:
+        # Say what the private schemes are (SOP Common: Coding Scheme Identification Sequence).
+        seg.CodingSchemeIdentificationSequence = [_scheme_item(pydicom, s) for s in schemes]
     atomic_write(Path(path), lambda tmp: seg.save_as(str(tmp)))
     return warnings

@@ -2,7 +2,9 @@
 
 Both label maps are read as anatomies: a ``{"value": "name"}`` JSON map (names resolved through the
 catalog, so TotalSegmentator's class names work), a clnet ``segmentation.json``, or by default the
-catalog's own label values. Which anatomies count:
+catalog's own label values. A ``segmentation.json`` also describes the model's user-defined anatomies
+(label 1000 and up, ``source: "user"``); those of the prediction's map are known when the reference
+is read too, by name in a ``{"value": "name"}`` map and by label value by default. Which anatomies count:
 
 - an anatomy is **evaluated** when both sides can hold it (the prediction's map names it, e.g. it was
   requested from the model, and the reference's map labels it) and at least one side contains it;
@@ -21,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..catalog import Anatomy, load_catalog
+from ..catalog.user import from_label_entry
 from ..errors import InputError
 from .evaluate import _label_array, surface_distances
 from .geometry import require_same_grid
@@ -45,15 +48,32 @@ class LabelMap:
     source: str
     complete: bool  # True: an anatomy not listed cannot be in the image (an explicit map)
     unknown: dict[int, str] = field(default_factory=dict)  # values whose names the catalog does not know
+    user: list[Anatomy] = field(default_factory=list)  # user-defined anatomies its segmentation.json describes
 
 
-def catalog_label_map() -> LabelMap:
-    """Values are catalog labels (clnet's own outputs)."""
-    return LabelMap({a: [a.label] for a in load_catalog()}, "catalog label values", complete=False)
+def catalog_label_map(user: Sequence[Anatomy] = ()) -> LabelMap:
+    """Values are catalog labels (clnet's own outputs), and ``user`` anatomies' labels."""
+    source = "catalog label values" + (" and the prediction's user anatomies" if user else "")
+    return LabelMap({a: [a.label] for a in [*load_catalog(), *user]}, source, complete=False, user=list(user))
 
 
-def read_label_map(path: str | Path) -> LabelMap:
-    """A ``{"value": "name"}`` JSON file, or a clnet ``segmentation.json`` (its ``labels``)."""
+def _resolver(known: list[Anatomy]) -> Callable[[str], Anatomy | None]:
+    """Name → anatomy: ``known`` user anatomies first (by name, any case), then the catalog."""
+    catalog = load_catalog()
+
+    def resolve(name: str) -> Anatomy | None:
+        key = name.strip().lower()
+        return next((a for a in known if a.name.lower() == key), None) or catalog.get(name)
+
+    return resolve
+
+
+def read_label_map(path: str | Path, user: Sequence[Anatomy] = ()) -> LabelMap:
+    """A ``{"value": "name"}`` JSON file, or a clnet ``segmentation.json`` (its ``labels``).
+
+    Names are resolved through ``user`` (user anatomies known already, e.g. the prediction's), the
+    user anatomies the file itself describes, then the catalog.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -62,12 +82,17 @@ def read_label_map(path: str | Path) -> LabelMap:
     except ValueError as exc:
         raise InputError(f"Label map '{path}' is not valid JSON ({exc}).",
                          'Give a JSON object {"1": "spleen", ...} or a clnet segmentation.json.') from None
+    known = list(user)
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):  # clnet's segmentation.json
+        for entry in data["labels"].values():
+            own = from_label_entry(entry)
+            if own is not None and all(a.name.lower() != own.name.lower() for a in known):
+                known.append(own)
         data = {k: v.get("name") if isinstance(v, dict) else v for k, v in data["labels"].items()}
     if not isinstance(data, dict) or not data:
         raise InputError(f"Label map '{path}' holds no value → name pairs.",
                          'Give a JSON object {"1": "spleen", ...} or a clnet segmentation.json.')
-    catalog = load_catalog()
+    resolve = _resolver(known)
     values: dict[Anatomy, list[int]] = {}
     unknown: dict[int, str] = {}
     for key, name in data.items():
@@ -78,12 +103,13 @@ def read_label_map(path: str | Path) -> LabelMap:
                              'Keys must be integers: {"1": "spleen", ...}.') from None
         if value == 0:
             continue  # background
-        anatomy = catalog.get(str(name)) if isinstance(name, str) else None
+        anatomy = resolve(name) if isinstance(name, str) else None
         if anatomy is None:
             unknown[value] = str(name)
         else:
             values.setdefault(anatomy, []).append(value)
-    return LabelMap(values, str(path), complete=True, unknown=unknown)
+    return LabelMap(values, str(path), complete=True, unknown=unknown,
+                    user=[a for a in known if a.source == "user"])
 
 
 def _prediction_map(prediction: Path, explicit: str | Path | None) -> LabelMap:
@@ -210,7 +236,8 @@ def evaluate_files(prediction: str | Path, reference: str | Path, prediction_lab
     prediction is used as its map unless ``prediction_labels`` is given."""
     prediction, reference = Path(prediction), Path(reference)
     pred_map = _prediction_map(prediction, prediction_labels)
-    ref_map = read_label_map(reference_labels) if reference_labels is not None else catalog_label_map()
+    user = pred_map.user  # the model's own anatomies: the reference may label them too
+    ref_map = read_label_map(reference_labels, user) if reference_labels is not None else catalog_label_map(user)
     pred, ref = read_image(prediction).image, read_image(reference).image
     return evaluate_images(pred, ref, pred_map, ref_map, distances=distances,
                            names={"prediction": str(prediction), "reference": str(reference)})

@@ -10,12 +10,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..catalog.anatomy import Anatomy
+from ..catalog.terminology import slicer_terminology
 from .atomic import atomic_write
 
 
 def _segment_fields(index: int, anatomy: Anatomy, extent: Sequence[int]) -> dict[str, str]:
     prefix = f"Segment{index}_"
-    tags = f"TerminologyEntry:{anatomy.terminology.to_slicer_string()}|" if anatomy.terminology else ""
+    # Every segment is coded: an anatomy without a code of its own gets a private one (slicer_terminology).
+    tags = f"TerminologyEntry:{slicer_terminology(anatomy).to_slicer_string()}|"
     return {
         prefix + "ID": anatomy.name,
         prefix + "Name": anatomy.display_name,
@@ -43,7 +45,8 @@ def write_seg_nrrd(labels: sitk.Image, anatomies: Sequence[Anatomy], path: Path)
     """Write ``labels`` as a Slicer ``.seg.nrrd`` with one segment per anatomy present in it.
 
     The voxel grid (LPS space directions and origin) is exactly that of ``labels``; label values
-    are kept, so a segment's ``LabelValue`` is the anatomy's catalog label.
+    are kept, so a segment's ``LabelValue`` is the anatomy's label (its catalog label, or 1000 and up
+    for a user anatomy: ``labels`` is then uint16). Every segment carries a terminology entry.
     """
     array = sitk.GetArrayViewFromImage(labels)
     if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
