@@ -4,7 +4,9 @@ The Slicer module runs ``clnet`` in a worker process and reads its stdout with n
 so everything a job has to say goes through this one protocol. Each line is a JSON object with an
 ``event`` key:
 
-- ``{"event": "progress", "stage": str, "fraction": float}``: overall fraction 0..1;
+- ``{"event": "progress", "stage": str, "fraction": float}``: overall fraction 0..1 (training adds
+  ``step``, ``steps``, ``loss``, ``eta_s`` and, when it validates, ``validation_dice``; readers must
+  accept progress events with or without such extra keys);
 - ``{"event": "message", "text": str}``: something for the user's log (a warning, a note);
 - ``{"event": "result", ...}``: what the job produced (paths, names), sent once at the end;
 - ``{"event": "error", "type": str, "message": str, "hint": str | None, "exit_code": int}``: the job
@@ -42,12 +44,13 @@ class EventWriter:
     def hello(self, **fields: Any) -> None:
         self.emit("hello", protocol=PROTOCOL, **fields)
 
-    def progress(self, stage: str, fraction: float) -> None:
-        """A ``ProgressCallback``; repeats of the same (stage, percent) are dropped."""
+    def progress(self, stage: str, fraction: float, **fields: Any) -> None:
+        """A ``ProgressCallback``; repeats of the same (stage, percent) are dropped unless they carry
+        extra fields (``step``, ``loss``, ``eta_s``, ``validation_dice``, ...), which are sent as they are."""
         key = (stage, round(float(fraction), 3))
-        if key != self._last:
+        if key != self._last or fields:
             self._last = key
-            self.emit("progress", stage=stage, fraction=key[1])
+            self.emit("progress", stage=stage, fraction=key[1], **fields)
 
     def message(self, text: str) -> None:
         self.emit("message", text=text)

@@ -158,6 +158,9 @@ class DecoderEntry:
     #: Each anatomy's own body-part window (optional): a decoder run for only some of its anatomies
     #: is gated by the union of theirs instead of its own, so a subset runs on fewer slices.
     anatomy_bodypart_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Anatomies this decoder corrects: anatomy → the decoder that output it before. At inference the
+    #: replacement alone decides that anatomy; the old decoder's channel for it is ignored.
+    replaces: dict[str, str] = field(default_factory=dict)
 
     def window_for(self, requested: Iterable[str]) -> tuple[float, float] | None:
         """The body-part window to gate this decoder by when ``requested`` of its anatomies are wanted.
@@ -187,6 +190,7 @@ class DecoderEntry:
             "bodypart_range": list(self.bodypart_range) if self.bodypart_range else None,
             **({"anatomy_bodypart_ranges": {a: [float(r[0]), float(r[1])] for a, r in self.anatomy_bodypart_ranges.items()}}
                if self.anatomy_bodypart_ranges else {}),
+            **({"replaces": dict(self.replaces)} if self.replaces else {}),
             "info": self.info,
         }
 
@@ -197,9 +201,14 @@ class DecoderEntry:
         if stray:
             raise ModelError(f"manifest.json gives body-part windows for {stray[:3]}, which decoder {name} "
                              "does not output.", "Re-create or re-install the model.")
+        replaces = {str(a): str(o) for a, o in (d.get("replaces") or {}).items()}
+        if set(replaces) - set(d["anatomies"]):
+            raise ModelError(f"manifest.json: decoder {name} replaces {sorted(set(replaces) - set(d['anatomies']))}, "
+                             "which it does not output.", "Re-create or re-install the model.")
         return cls(
             name=name,
             anatomies=list(d["anatomies"]),
+            replaces=replaces,
             config=DecoderConfig.from_dict(d["architecture"]),
             file=d.get("file", ""),
             sha256=d.get("sha256", ""),
@@ -255,6 +264,10 @@ class Manifest:
     compat: OfficialCompat = field(default_factory=OfficialCompat)
     #: Anatomies beyond the catalog that this model's decoders output (see :mod:`clnet.catalog.user`).
     user_anatomies: list[dict[str, Any]] = field(default_factory=list)
+    #: Lineage of a version made by ``clnet add-decoder``: the model it came from
+    #: (``{"name", "version", "manifest_sha256"}``); None for a model trained or imported from scratch.
+    base_model: dict[str, Any] | None = None
+    created: str = ""  # UTC time the folder was made (ISO 8601), when known
 
     def decoder_preprocessing(self, decoder: str) -> Preprocessing:
         """The decoder's own preprocessing (imported official heads may differ) or the model's."""
@@ -266,12 +279,26 @@ class Manifest:
         return prep
 
     def anatomy_owner(self) -> dict[str, str]:
-        """Catalog name → the decoder that outputs it (the first one listed wins for duplicates)."""
+        """Catalog name → the decoder that outputs it.
+
+        For an anatomy that several decoders output, a decoder that ``replaces`` it wins (the last one
+        listed, i.e. the newest correction); without a replacement the first one listed wins.
+        """
         owner: dict[str, str] = {}
         for dec in self.decoders.values():
             for a in dec.anatomies:
-                owner.setdefault(a, dec.name)
+                if a in dec.replaces:
+                    owner[a] = dec.name
+                else:
+                    owner.setdefault(a, dec.name)
         return owner
+
+    def ignored_channels(self, decoder: str) -> set[str]:
+        """The anatomies of ``decoder`` whose output channel inference ignores, because a correction
+        (a decoder that ``replaces`` them) owns them now. Its other channels are used as they are."""
+        owner = self.anatomy_owner()
+        return {a for a in self.decoders[decoder].anatomies
+                if owner[a] != decoder and a in self.decoders[owner[a]].replaces}
 
     def to_dict(self) -> dict:
         return {
@@ -290,6 +317,8 @@ class Manifest:
             "metrics": self.metrics,
             **({"extra": self.extra} if self.extra else {}),
             **({"user_anatomies": self.user_anatomies} if self.user_anatomies else {}),
+            **({"base_model": self.base_model} if self.base_model else {}),
+            **({"created": self.created} if self.created else {}),
             **({"bodypart": self.bodypart.to_dict()} if self.bodypart else {}),
             **({"inference": {"official_compat": self.compat.to_dict()}} if self.compat.enabled else {}),
         }
@@ -326,6 +355,8 @@ class Manifest:
                 bodypart=BodyPartEntry.from_dict(d["bodypart"]) if d.get("bodypart") else None,
                 compat=OfficialCompat.from_dict((d.get("inference") or {}).get("official_compat") or {}),
                 user_anatomies=[dict(u) for u in d.get("user_anatomies") or []],
+                base_model=dict(d["base_model"]) if d.get("base_model") else None,
+                created=str(d.get("created", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest.json is incomplete or malformed ({exc!r}).", "Re-create or re-install the model.") from exc

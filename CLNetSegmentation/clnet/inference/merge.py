@@ -8,6 +8,11 @@ anatomy that two decoders both output (e.g. oesophagus) has one catalog label, s
 agree. Anatomies that were not requested are dropped *after* the decoder's own argmax, so a subset
 run on the same tiles keeps exactly the decisions the full run makes inside each decoder (with
 per-anatomy body-part windows a subset may run on fewer slices, and its tiles then sit differently).
+
+Corrections: a decoder that ``replaces`` an anatomy (``clnet add-decoder`` on an anatomy the model
+already had) owns it; every other decoder's channel for it maps to background here (the Segmenter
+builds the lookups from ``Manifest.ignored_channels``), so the old decoder's voxels of that anatomy
+make no claim, and its other anatomies keep exactly the decisions they had. The newest correction wins.
 """
 
 from __future__ import annotations

@@ -194,8 +194,11 @@ class Segmenter:
         run = [d for d in self.manifest.decoders if any(owner.get(n) == d for n in wanted)]
         labels_by_name = {a.name: a.label for a in self.catalog}
         canon = {n: self.catalog.by_name(n).name for n in owner}
+        # A decoder's channel for an anatomy that a correction now owns maps to background: the
+        # replacement alone decides it (manifest ``replaces``); the decoder's other channels are unchanged.
         lookups = {
-            d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name, wanted)
+            d: decoder_lookup([canon[n] for n in self.manifest.decoders[d].anatomies], labels_by_name,
+                              wanted - {canon[n] for n in self.manifest.ignored_channels(d)})
             for d in run
         }
         estimate = estimate_memory(image.GetSize(), image.GetSpacing(), self.manifest, run, fast, self.batch_size)

@@ -9,8 +9,10 @@ old heads' outputs on a real patch) — any difference is an error and the folde
 from __future__ import annotations
 
 import copy
+import datetime
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from .distributed import barrier, cleanup, init_distributed
 from .pairs import pair_cases
 from .stage1 import check_coverage, evaluate_heads, save_rewind_snapshot
 from .trainer import TrainConfig, fit, seed_everything
+from .validation import prepare_held_out
+
+#: ``report(stage, fraction, **fields)``: stages "prepare", "train", "validate", "verify" (see clnet.events).
+Reporter = Callable[..., None]
 
 
 def module_digest(module: torch.nn.Module) -> str:
@@ -96,6 +102,31 @@ def _training_specs(data: str | Path | None, label_map, pairs: Sequence[Sequence
     return specs, record
 
 
+def corrected_anatomies(old: Manifest, names: Sequence[str], catalog) -> dict[str, str]:
+    """Anatomy → the decoder that owns it in ``old``, for each of ``names`` the model already has."""
+    owner = {catalog.by_name(a).name: d for a, d in old.anatomy_owner().items() if a in catalog}
+    return {n: owner[n] for n in names if n in owner}
+
+
+def set_lineage(manifest: Manifest, old: Manifest, model_dir: Path, model_name: str | None) -> None:
+    """Name, version counter, creation time and ``base_model`` of a new version made from ``old``."""
+    manifest.name = model_name or old.name
+    manifest.version = str(int(old.version) + 1) if old.version.isdigit() else f"{old.version}+1"
+    manifest.created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest.base_model = {"name": old.name, "version": old.version,
+                           "manifest_sha256": sha256_file(model_dir / "manifest.json")}
+
+
+def _check_pairs_overlap(cases: Sequence[PreparedCase], pairs, labels: Sequence[int]) -> None:
+    """Each pair's segment must land on its image's model grid (a segment outside the scan teaches nothing)."""
+    for i, case in enumerate(c for c in cases if c.case_id.startswith("pair")):
+        if not np.isin(case.labels, labels).any():
+            image, seg, segment = pairs[i]
+            raise ClnetError(f"Segment {segment!r} of {Path(seg).name} does not overlap {Path(image).name} "
+                             "(nothing of it is left on the model's grid).",
+                             "Pair each segmentation with the CT it was painted on.")
+
+
 def add_decoder(
     model_dir: str | Path,
     name: str,
@@ -114,13 +145,26 @@ def add_decoder(
     progress: bool = True,
     pairs: Sequence[Sequence[str]] | None = None,
     new_anatomy: NewAnatomy | None = None,
+    validate: Sequence[str] | None = None,
+    model_name: str | None = None,
+    report: Reporter | None = None,
 ) -> Manifest | None:
     """Train decoder ``name`` for ``anatomies`` on ``model_dir``'s frozen encoder; write ``output``.
 
     Training scans come from ``data`` (nnU-Net folder or CSV) and/or ``pairs`` of (image,
     segmentation, segment), each of which labels the decoder's single anatomy. ``new_anatomy`` adds a
-    user-defined anatomy (beyond the catalog) that this decoder owns, recorded in the manifest.
+    user-defined anatomy (beyond the catalog) that this decoder owns, recorded in the manifest. An
+    anatomy the model already has is *corrected*: the new decoder owns it (``replaces`` in its
+    manifest entry) and the old decoder's channel for it is ignored at inference.
+
+    ``validate``: one held-out (image, segmentation, segment), never trained on; its Dice is computed
+    about every 10 % of the steps and at the end (``info.validation``). ``model_name`` names the new
+    version (default: the old name). ``report(stage, fraction, **fields)`` follows the run.
     """
+    def say(stage: str, fraction: float, **fields) -> None:
+        if report is not None:
+            report(stage, fraction, **fields)
+
     model_dir, output = Path(model_dir), Path(output)
     if output.resolve() == model_dir.resolve():
         raise ClnetError("-o must differ from --model: the old model stays as it is.")
@@ -144,10 +188,16 @@ def add_decoder(
             anatomies = [*anatomies, manifest.user_anatomies[-1]["name"]]
         catalog = catalog_for(manifest)
         names = resolve_anatomies(anatomies, catalog)
+        replaces = corrected_anatomies(old_manifest, names, catalog)
         work = Path(work_dir) if work_dir else output.parent / f"{output.name}.work"
+        say("prepare", 0.0)
         specs, pair_record = _training_specs(data, label_map, pairs, names, work)
         cases = prepare_cases(specs, prep, cache_dir=cache_dir or work / "cache", catalog=catalog)
+        _check_pairs_overlap(cases, pairs, catalog_labels(names, catalog))
         check_coverage(cases, name, names, catalog)
+        held_out = (prepare_held_out(validate, names, pair_record, prep, work, catalog)
+                    if validate is not None else None)
+        say("prepare", 1.0)
 
         old_names = list(old_manifest.decoders)
         probe = probe_patch(cases[0], prep.patch_size_zyx, pad_value(prep))
@@ -158,13 +208,33 @@ def add_decoder(
         torch.manual_seed(cfg.seed)
         network.add_decoder(name, decoder_config(old_manifest.encoder, len(names) + 1, width_scale))
         rewind_at = max(1, cfg.steps // 20)
+        every = max(1, cfg.steps // 10)
+        t0 = time.perf_counter()
+        first: list[tuple[int, float]] = []  # (step, time) of the first step this run made (resume-aware)
 
-        def on_step(step: int, _loss: float) -> None:
+        def on_step(step: int, loss: float) -> None:
             if step + 1 == rewind_at and info.is_main:
                 save_rewind_snapshot(work / "rewind", network, [name])
+            if not info.is_main:
+                return
+            now = time.perf_counter()
+            if not first:
+                first.append((step, now))
+            done_here = step + 1 - first[0][0]
+            eta = (now - t0) / done_here * (cfg.steps - step - 1) if done_here > 0 else None
+            say("train", (step + 1) / cfg.steps, step=step + 1, steps=cfg.steps, loss=round(float(loss), 5),
+                eta_s=round(eta, 1) if eta is not None else None)
+            if held_out is not None and (step + 1) % every == 0 and step + 1 < cfg.steps:
+                dice = held_out.dice(network, name, dev)
+                network.decoders[name].train()  # the Dice pass put it in eval mode; training goes on
+                say("validate", (step + 1) / cfg.steps, step=step + 1, steps=cfg.steps, validation_dice=dice)
 
         result = fit(network, {name: catalog_labels(names, catalog)}, cases, cfg, pad_value(prep), train_encoder=False,
                      device=dev, work_dir=work, resume=resume, dist_info=info, progress=progress, on_step=on_step)
+        validation = None
+        if held_out is not None and info.is_main:
+            validation = held_out.record(held_out.dice(network, name, dev))  # the saved (EMA) weights
+            say("validate", 1.0, step=cfg.steps, steps=cfg.steps, validation_dice=validation["dice"])
         network.cpu().eval()
         if module_digest(network.encoder) != encoder_before:
             raise ModelError("The encoder changed during add-decoder training; nothing was written.",
@@ -172,8 +242,9 @@ def add_decoder(
         if not info.is_main:
             barrier(info)
             return None
-        entry = DecoderEntry(name, names, network.decoders[name].config)
+        entry = DecoderEntry(name, names, network.decoders[name].config, replaces=replaces)
         entry.info = {
+            "steps": cfg.steps,
             "stage": "add-decoder (frozen encoder)",
             "provenance": provenance("clnet add-decoder", str(data) if data else "pairs", cfg.steps, cfg.seed, result.seconds, dev,
                                      info.world_size, cfg.to_dict(),
@@ -182,12 +253,18 @@ def add_decoder(
         }
         if pair_record:
             entry.info["training_pairs"] = pair_record  # file names and sha256 only
+        if validation is not None:
+            entry.info["validation"] = validation  # file names, sha256 and Dice
         manifest.decoders[name] = entry
+        set_lineage(manifest, old_manifest, model_dir, model_name)
         if evaluate:
+            say("verify", 0.0)
             dice = manifest.metrics.setdefault("dice_model_grid_training_scans", {})
             dice.update(evaluate_heads(network, manifest, [name], cases, torch.device("cpu")))
+        say("verify", 0.5)
         save_model(network, manifest, output, overwrite=overwrite, copy_from=model_dir)
         verify_continual(model_dir, output, old_manifest, old_names, probe, reference)
+        say("verify", 1.0)
         barrier(info)
         return manifest
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..errors import ClnetError
 
@@ -86,30 +87,82 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_add_decoder(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_manifest
+    import time
+
+    from ..manifest import read_manifest
+    from ..registry import resolve_model, user_models_dir
+    from . import learn
     from .add_decoder import NewAnatomy, add_decoder
     from .common import split_names
 
+    json_mode = args.progress == "json"
+    events = None
+    if json_mode:
+        from ..cli import _events
+
+        events = _events(args)  # "hello" goes out before anything can fail
     _setup_logging()
+    t0 = time.perf_counter()
     if not args.anatomies and not args.new_anatomy:
         raise ClnetError("Say what the decoder learns.", "Pass --anatomies NAME ... and/or --new-anatomy NAME.")
     if (args.color or args.code) and not args.new_anatomy:
         raise ClnetError("--color and --code describe a --new-anatomy.", "Add --new-anatomy NAME.")
+    learn.check_output_choice(args.output, args.install, args.set_default)
+    model_dir = resolve_model(args.model)
+    base = read_manifest(model_dir)
+    if args.install:
+        learn.check_install_name(args.install, base, model_dir, args.overwrite)
+    anatomies = split_names(args.anatomies or [])
+    name = args.name or learn.default_decoder_name(args.new_anatomy or "_".join(anatomies), list(base.decoders))
     new = NewAnatomy(args.new_anatomy, tuple(args.color) if args.color else None, args.code) if args.new_anatomy else None
-    patch = read_manifest(args.model).preprocessing.patch_size_zyx
-    manifest = add_decoder(
-        args.model, args.name, args.data, split_names(args.anatomies or []), args.output, _config(args, patch),
-        width_scale=args.decoder_width, label_map=args.label_map, device=args.device, work_dir=args.work_dir,
-        cache_dir=args.cache_dir, resume=not args.no_resume, evaluate=not args.no_eval, overwrite=args.overwrite,
-        progress=not args.quiet, pairs=args.pair, new_anatomy=new,
-    )
-    if manifest is not None:
-        for u in manifest.user_anatomies:
-            if u.get("decoder") == args.name:
-                print(f"new anatomy {u['name']}: label {u['label']}")
+
+    def report(stage: str, fraction: float, **fields) -> None:
+        if events is not None:
+            events.progress(stage, fraction, **fields)
+
+    if args.install:
+        parent = user_models_dir()
+        learn.remove_stale_staging(parent)
+        staging = learn.Staging.beside(parent, args.install)
+        output = None
+        work_dir = args.work_dir or staging.root / "work"
+    else:
+        output = Path(args.output).expanduser()
+        learn.check_not_base(output, model_dir)
+        if output.exists() and not args.overwrite:
+            raise ClnetError(f"{output} already exists.", "Choose another -o folder or pass --overwrite.")
+        staging = learn.Staging.beside(output.parent, output.name)
+        work_dir = args.work_dir or output.parent / f"{output.name}.work"
+    try:
+        manifest = add_decoder(
+            model_dir, name, args.data, anatomies, staging.model, _config(args, base.preprocessing.patch_size_zyx),
+            width_scale=args.decoder_width, label_map=args.label_map, device=args.device, work_dir=work_dir,
+            cache_dir=args.cache_dir, resume=not args.no_resume, evaluate=not args.no_eval, overwrite=False,
+            progress=not (args.quiet or json_mode), pairs=args.pair, new_anatomy=new, validate=args.validate,
+            model_name=args.install or (output.name if output is not None else None), report=report,
+        )
+        if manifest is None:  # another DDP rank: rank 0 publishes
+            return 0
+        report("install", 0.0)
+        target = learn.publish(staging, output, args.install, args.overwrite, args.set_default)
+        report("install", 1.0)
+    finally:
+        staging.remove()
+    result = learn.result_fields(manifest, name, target, args.install, time.perf_counter() - t0)
+    if events is not None:
+        events.result(**result)
+    elif not args.quiet:
+        for a in result["anatomies"]:
+            what = f"replaces decoder {a['replaces']}'s output" if a["replaces"] else "new to this model"
+            print(f"{a['name']} (label {a['label']}): {what}")
+        if result["validation_dice"] is not None:
+            print(f"held-out Dice {result['validation_dice']:.3f}")
         print(f"verified: encoder and {len(manifest.decoders) - 1} existing decoder file(s) are byte-identical "
-              f"to {args.model} and give identical outputs")
-        _print_summary(manifest, args.output)
+              f"to {model_dir} and give identical outputs")
+        _print_summary(manifest, target)
+        if args.install:
+            print(f"installed as {args.install!r}" + (" (now the default model)" if args.set_default else "") +
+                  f"; the base model {base.name!r} stays installed")
     return 0
 
 
@@ -156,10 +209,14 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("add-decoder", help="train a new decoder on a model's frozen encoder",
-                       description="Continual learning: the encoder and existing decoders stay byte-identical.")
-    a.add_argument("--model", required=True, help="existing model folder")
-    a.add_argument("--name", required=True, help="name of the new decoder")
-    a.add_argument("--anatomies", nargs="+", help="catalog anatomy names (commas or spaces; @file)")
+                       description="Continual learning: the encoder and existing decoders stay byte-identical. "
+                                   "Learns a catalog anatomy the model lacks, corrects one it has (the new "
+                                   "decoder replaces the old one's output for it), or a new anatomy.")
+    a.add_argument("--model", help="the model to extend: an installed model's name or a model folder "
+                   "(default: the default model)")
+    a.add_argument("--name", help="name of the new decoder (default: from the anatomy, unique in the model)")
+    a.add_argument("--anatomies", nargs="+", help="catalog anatomy names (commas or spaces; @file); one the "
+                   "model already has is corrected")
     a.add_argument("--new-anatomy", metavar="NAME", help="a new anatomy beyond the catalog, owned by this decoder "
                    "(stored in the model's manifest with a label from 1000 up)")
     a.add_argument("--color", type=int, nargs=3, metavar=("R", "G", "B"), help="colour of --new-anatomy (0-255)")
@@ -168,8 +225,18 @@ def register(sub) -> None:
     a.add_argument("--pair", nargs=3, action="append", metavar=("IMAGE", "SEG", "SEGMENT"),
                    help="a training scan and its segmentation: a .seg.nrrd and a segment name or ID, or a label "
                         "map and a label value (repeatable; needs a decoder with one anatomy)")
-    a.add_argument("-o", "--output", required=True, help="new model folder (the old one is not touched)")
+    a.add_argument("--validate", nargs=3, metavar=("IMAGE", "SEG", "SEGMENT"),
+                   help="one held-out scan and segment, never trained on: its Dice is reported about every 10 %% "
+                        "of the steps and at the end, and recorded in the manifest")
+    out = a.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="new model folder (the old one is not touched)")
+    out.add_argument("--install", metavar="NEW_NAME", help="install the new version in your model folder under "
+                     "this name (the old model stays installed)")
+    a.add_argument("--set-default", action="store_true", help="with --install: make the new version the default")
     a.add_argument("--decoder-width", type=float, default=0.5)
+    a.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help="bar: a progress bar on stderr (default); json: JSON events on stdout (clnet/events.py): "
+                        "progress with step, loss, eta_s and validation_dice, then a result; none: silent")
     _optim_args(a, steps=500, lr=2e-3, data_required=False)
     a.set_defaults(func=cmd_add_decoder)
 
