@@ -148,9 +148,12 @@ def segmentMask(triple: LearnTriple, role: str = "training") -> np.ndarray:
     reference.SetExtent(volume.GetImageData().GetExtent())
     reference.SetImageToWorldMatrix(_matrix(volume))
     resampled = slicer.vtkOrientedImageData()
+    # Nearest neighbour, output on exactly the reference (volume) extent: what lies outside is cut off.
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(label, reference, resampled,
-                                                                                      False, True)
+                                                                                      False, False)
     dims = resampled.GetDimensions()
+    if tuple(dims) != tuple(volume.GetImageData().GetDimensions()):
+        raise RuntimeError(f"Resampling gave {dims}, not the volume's {volume.GetImageData().GetDimensions()}.")
     flat = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars())
     mask = (flat.reshape(dims[2], dims[1], dims[0]) == value).astype(np.uint8)
     if not mask.any():
