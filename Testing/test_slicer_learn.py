@@ -304,3 +304,85 @@ def test_cancel_stops_training_and_installs_nothing(home, base_model, scene):
         job.finish()
     assert not job.workDir.exists()  # the exported CT and masks are gone
     assert visible() == before and [n for n, _p, _m in list_models()] == models
+
+
+# -- the panel's Learn section (PySide6, off screen) ----------------------------------------------
+@pytest.fixture(scope="module")
+def app():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    pytest.importorskip("PySide6.QtWidgets", reason="needs PySide6 (PySide6-Essentials)")
+    from CLNetSegmentationLib.screenshot import ensureApplication
+
+    return ensureApplication()
+
+
+def test_learn_section_trains_and_selects_the_new_version(app, home, learned, scene, tmp_path):
+    """Rows from the scene, held-out exclusivity, catalog vs new name, a refused start, then a real run
+    whose end switches the model selector (refreshModels) to the installed version."""
+    from CLNetSegmentationLib.environment import modelChoices
+    from CLNetSegmentationLib.learn_panel import CANCEL_TEXT, ROLLBACK_TIP, TRAIN_TEXT, LearnSection
+    from CLNetSegmentationLib.qt_compat import value
+    from CLNetSegmentationLib.screenshot import saveWidgetScreenshot
+
+    _scene, volume, seg, slab, held = scene
+    errors, selected, log = [], [], []
+    section = LearnSection(CLNetSegmentationLogic(), selected.append, lambda exc, d, lg: errors.append(str(exc)),
+                           log.append, scene=_scene, device=lambda: "cpu")
+    section.extraArgs = FAST
+    try:
+        section.setExpanded(True)
+        row = section.rows[0]
+        combo_texts = lambda c: [c.itemText(i) for i in range(c.count())]  # noqa: E731
+        assert combo_texts(row.volume.combo) == ["example CT", "held-out slab"]
+        assert combo_texts(row.segmentation.combo) == ["painted", "held-out painted"]
+        assert combo_texts(row.segment) == [NEW, "Air", "Nothing yet"]
+        second = section.addRow()
+        second.volume.setCurrentNode(slab)
+        second.segmentation.setCurrentNode(held)
+        assert combo_texts(second.segment) == [NEW]
+        second.heldOut.setChecked(True)
+        row.heldOut.setChecked(True)
+        assert not second.heldOut.isChecked()  # one held-out example at most
+        row.heldOut.setChecked(False)
+        second.heldOut.setChecked(True)
+        seg.GetSegmentation().AddEmptySegment("late", "Painted later")  # a segment added in the Segment Editor
+        assert "Painted later" in combo_texts(row.segment)
+        seg.GetSegmentation().RemoveSegment("late")
+        assert "Painted later" not in combo_texts(row.segment)
+
+        section.anatomyCombo.setEditText("left kidney")
+        assert section.anatomyKind() == "catalog" and not section.colorButton.isEnabled()
+        section.anatomyCombo.setEditText("")
+        section.start()
+        assert section.job is None and errors and "Name the anatomy" in errors[-1]
+
+        section.setModelChoices(modelChoices(), str(home / "models" / learned["name"]))
+        assert section.trainButton.toolTip() == ROLLBACK_TIP and "roll back" in ROLLBACK_TIP
+        section.anatomyCombo.setEditText("Panel body")
+        assert section.anatomyKind() == "new" and section.colorButton.isEnabled()
+        section.stepsSpin.setValue(4)
+        errors.clear()
+        section.onTrainButton()
+        assert not errors and section.job is not None and section.trainButton.text() == CANCEL_TEXT
+        assert section.job.installName == f"{learned['name']}-panel-body-v2"  # a version of the chosen base
+        start = time.monotonic()
+        while section.job is not None:
+            assert time.monotonic() - start < 180, "the training did not end"
+            section.poll()
+            time.sleep(0.05)
+        assert not errors, errors
+        assert section.trainButton.text() == TRAIN_TEXT
+        [path] = selected
+        assert Path(path).parent == home / "models" and Path(path).name.endswith("-panel-body-v2")
+        assert path in [v for _label, v in modelChoices()]  # what the model selector will select
+        assert value(section.progressBar, "format").startswith("Installed") and "held-out Dice" in \
+            value(section.progressBar, "format")
+        assert any("pick it in the Model selector to go back" in line for line in log)
+        image = saveWidgetScreenshot(section.widget, tmp_path / "slicer_learn.png")
+        assert image.stat().st_size > 10_000
+        if os.environ.get("CLNET_WRITE_DOCS_IMAGES"):  # regenerate the docs image from this real run
+            import shutil
+
+            shutil.copy(image, Path(__file__).resolve().parents[1] / "docs" / "images" / "slicer_learn.png")
+    finally:
+        section.discard()

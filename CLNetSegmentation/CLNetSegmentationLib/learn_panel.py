@@ -119,6 +119,8 @@ class LearnSection:
         self.job: LearnJob | None = None
         self.rows: list[ExampleRow] = []
         self.color = NEW_COLOR
+        self.extraArgs: list[str] = []
+        """More ``clnet add-decoder`` options for every run (scripts and tests)."""
         self._build()
         self.addRow()
         self._sceneTags = [scene.AddObserver(e, lambda *a: self.refreshNodes())
@@ -153,7 +155,8 @@ class LearnSection:
         for column in range(3):
             self.table.horizontalHeader().setSectionResizeMode(column, qt.QHeaderView.Stretch)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(110)
+        self.table.setMinimumHeight(90)
+        self.table.setMaximumHeight(150)
         layout.addWidget(self.table)
         row = qt.QHBoxLayout()
         self.addRowButton = qt.QPushButton("Add example")
@@ -323,7 +326,8 @@ class LearnSection:
                 name=qtValue(self.anatomyCombo, "currentText").strip(), steps=int(self.stepsSpin.value()),
                 validation=(held[0].volumeNode, held[0].segmentationNode, held[0].segmentId) if held else None,
                 color=self.color if kind == "new" else None, code=code if kind == "new" and code else None,
-                model=qtValue(self.baseModelCombo, "currentData") or None, blocking=False, device=self.device())
+                model=qtValue(self.baseModelCombo, "currentData") or None, blocking=False, device=self.device(),
+                extraArgs=self.extraArgs)
         except Exception as exc:
             self.setProgress("Not started", 0.0)
             self.showError(exc, "", self.log)
