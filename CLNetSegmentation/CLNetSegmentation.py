@@ -16,7 +16,8 @@ from clnet.errors import CancelledError, ClnetError
 from CLNetSegmentationLib import CLNetSegmentationLogic, SegmentationJob, metadata
 from CLNetSegmentationLib.anatomy_tree import AnatomyTreeModel
 from CLNetSegmentationLib.dependencies import DependencyError, ensureDependencies
-from CLNetSegmentationLib.environment import installModel, modelChoices, torchSummary
+from CLNetSegmentationLib.environment import chooseAndInstallModel, modelChoices, torchSummary
+from CLNetSegmentationLib.learn_panel import LearnSection
 from CLNetSegmentationLib.logic import outcomeText
 from CLNetSegmentationLib.model_download import ModelDownloader
 from CLNetSegmentationLib.panel import PRESET_PLACEHOLDER, Panel
@@ -81,6 +82,9 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.downloader = ModelDownloader(self.panel, lambda path: self._refreshModels(select=path), showError, self._log)
         self.tree = AnatomyTreeWidget(AnatomyTreeModel(load_catalog()), self.panel.tree,
                                       onChanged=self._onSelectionChanged)
+        self.learn = LearnSection(self.logic, lambda path: self._refreshModels(select=path), showError, self._log,
+                                  device=lambda: self._parameterNode.device if self._parameterNode else "auto")
+        self.panel.widget.layout().insertWidget(3, self.learn.widget)  # below "Model and device"
         p = self.panel
         p.searchBox.textChanged.connect(self.tree.setFilter)
         p.selectAllButton.clicked.connect(lambda: self.tree.selectAll())
@@ -108,6 +112,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job = None
         self.timer.stop()
         self.downloader.discard()
+        self.learn.discard()
         self.removeObservers()
         self._setParameterNode(None)
 
@@ -168,7 +173,9 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _refreshModels(self, select: str | None = None) -> None:
         current = select if select is not None else (self._parameterNode.model if self._parameterNode else "")
-        self.panel.setModelChoices(modelChoices(), current or "")
+        choices = modelChoices()
+        self.panel.setModelChoices(choices, current or "")
+        self.learn.setModelChoices(choices, current or "")
         self._onModelChanged(0)  # stores the selection (the selector's signals were blocked)
 
     def _onModelChanged(self, index: int) -> None:
@@ -185,9 +192,10 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _refreshAvailability(self) -> None:
         """Disable anatomies the selected model cannot segment (all enabled until it can be read)."""
         selected = self.tree.model.selected() or (list(self._parameterNode.anatomies) if self._parameterNode else [])
-        try:
-            available = [a.name for a in self.logic.availableAnatomies(self._modelSpec())]
-            self.tree.model.setAvailable(available, "The selected model cannot segment this anatomy.")
+        try:  # the model's catalog: the packaged one plus its own "My anatomies"
+            anatomies, available = self.logic.modelAnatomies(self._modelSpec())
+            self.tree.model.setAnatomies(anatomies)
+            self.tree.model.setAvailable([a.name for a in available], "The selected model cannot segment this anatomy.")
         except ImportError:
             self.tree.model.setAvailable(None)  # engine not installed yet: decided on first run
         except ClnetError as exc:
@@ -199,21 +207,14 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._onSelectionChanged(self.tree.model.selected())
 
     def _installModel(self, folder: bool) -> None:
-        if folder:
-            source = qt.QFileDialog.getExistingDirectory(None, "CL-Net model folder")
-        else:
-            source = qt.QFileDialog.getOpenFileName(None, "CL-Net model archive", "", "Model archive (*.zip)")
-        if not source:
-            return
         try:
-            ensureDependencies()
-            with slicer.util.WaitCursor():
-                target = installModel(source)
+            target = chooseAndInstallModel(folder)  # file dialog, dependencies, sha256 check, copy
         except (ClnetError, DependencyError) as exc:
             slicer.util.errorDisplay(str(exc))
             return
-        self._log(f"Installed model {target.name} into {target.parent}")
-        self._refreshModels(select=str(target))
+        if target is not None:
+            self._log(f"Installed model {target.name} into {target.parent}")
+            self._refreshModels(select=str(target))
 
     # -- running -----------------------------------------------------------------------------
     def onSegmentButton(self) -> None:

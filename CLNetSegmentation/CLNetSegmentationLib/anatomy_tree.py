@@ -36,6 +36,15 @@ class AnatomyTreeModel:
 
     def __init__(self, anatomies: Iterable, available: Iterable[str] | None = None,
                  presets: dict[str, Sequence[str]] | None = None) -> None:
+        self.presets = dict(PRESETS if presets is None else presets)
+        self._checked: set[str] = set()
+        self.unavailableReason = "The selected model cannot segment this anatomy."
+        self.setAnatomies(anatomies)
+        self.setAvailable(available)
+
+    def setAnatomies(self, anatomies: Iterable) -> None:
+        """Replace the anatomies shown (a model's catalog: the packaged one plus its "My anatomies"
+        region). Checked anatomies that remain stay checked."""
         self._entries: dict[str, Entry] = {}
         self._regions: dict[str, list[str]] = {}
         for anatomy in anatomies:
@@ -44,10 +53,8 @@ class AnatomyTreeModel:
             self._regions.setdefault(entry.region, []).append(entry.name)
         self._lookup = {n.lower(): n for n in self._entries}
         self._lookup.update({e.displayName.lower(): e.name for e in self._entries.values()})
-        self.presets = dict(PRESETS if presets is None else presets)
-        self._checked: set[str] = set()
-        self.unavailableReason = "The selected model cannot segment this anatomy."
-        self.setAvailable(available)
+        self._checked &= set(self._entries)
+        self._available = getattr(self, "_available", set(self._entries)) & set(self._entries)
 
     # -- structure ---------------------------------------------------------------------------
     def regions(self) -> list[str]:

@@ -49,3 +49,22 @@ def installModel(source: str | os.PathLike) -> Path:
     from clnet.registry import install_model
 
     return install_model(source, overwrite=False)
+
+
+def chooseAndInstallModel(folder: bool):
+    """Ask for a model folder (or .zip), then verify and install it; the installed folder, or None when
+    the dialog was cancelled. Raises ``ClnetError`` / ``DependencyError`` with what to do."""
+    import slicer
+
+    from .dependencies import ensureDependencies
+    from .qt_compat import qt
+
+    if folder:
+        source = qt.QFileDialog.getExistingDirectory(None, "CL-Net model folder")
+    else:
+        source = qt.QFileDialog.getOpenFileName(None, "CL-Net model archive", "", "Model archive (*.zip)")
+    if not source:
+        return None
+    ensureDependencies()
+    with slicer.util.WaitCursor():
+        return installModel(source)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .job import SegmentationJob
+from .learn import DEFAULT_STEPS
 from .process_job import ProgressCallback
 from .segments import clnetSegmentIds, importLabels, placeBeside
 
@@ -51,15 +52,20 @@ class CLNetSegmentationLogic(_LogicBase):
 
     # -- model -------------------------------------------------------------------------------
     def availableAnatomies(self, model: str | os.PathLike | None = None) -> list[Anatomy]:
-        """Catalog anatomies the model can segment (reads only its manifest, not the weights)."""
-        from clnet.catalog import load_catalog
+        """Anatomies the model can segment, its own "My anatomies" included (reads only its manifest)."""
+        return self.modelAnatomies(model)[1]
+
+    def modelAnatomies(self, model: str | os.PathLike | None = None) -> tuple[list[Anatomy], list[Anatomy]]:
+        """(every anatomy of the model's catalog: the packaged catalog plus the model's user anatomies,
+        the ones it can segment). Reads only the manifest, not the weights."""
+        from clnet.catalog.user import catalog_for
         from clnet.checkpoint import read_manifest
         from clnet.registry import resolve_model
 
         manifest = read_manifest(resolve_model(model if model is not None else self.model))
-        catalog = load_catalog()
+        catalog = catalog_for(manifest)
         names = {catalog.by_name(n).name for n in manifest.anatomy_owner() if n in catalog}
-        return [a for a in catalog if a.name in names]
+        return list(catalog), [a for a in catalog if a.name in names]
 
     def downloadOfficialModel(self, heads: Sequence[str] | None = None, blocking: bool = True,
                               progressCallback: ProgressCallback | None = None, cancel: Cancel = None):
@@ -78,6 +84,56 @@ class CLNetSegmentationLogic(_LogicBase):
         isCancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
         job.wait(progressCallback=progressCallback, isCancelled=isCancelled)
         return job.finish()
+
+    def learnAnatomy(
+        self,
+        volumeNodes: Sequence,
+        segmentationNodes: Sequence,
+        segmentIds: Sequence[str],
+        name: str,
+        steps: int = DEFAULT_STEPS,
+        validation: tuple | None = None,
+        color: Sequence[int] | None = None,
+        code: str | None = None,
+        model: str | os.PathLike | None = None,
+        blocking: bool = True,
+        onProgress: ProgressCallback | None = None,
+        *,
+        device: str = "auto",
+        installName: str | None = None,
+        cancel: Cancel = None,
+        extraArgs: Sequence[str] = (),
+    ):
+        """Teach a model the anatomy ``name`` from painted segments, in the worker process.
+
+        ``volumeNodes[i]``, ``segmentationNodes[i]`` and ``segmentIds[i]`` form one training example;
+        ``validation`` is one held-out (volume, segmentation, segment ID). ``name``: a catalog anatomy
+        (corrected when the model has it, learned when it lacks it) or a new name, with optional
+        ``color`` (RGB 0-255) and terminology ``code`` (``SCHEME^VALUE^MEANING``). The base model is
+        ``model`` (default: the logic's model, else clnet's default); the result is a new version
+        installed beside it in the user model folder (``<base>-<anatomy>-v2``, or ``installName``).
+
+        Blocking: returns the new model's name, or raises ``ClnetError`` / ``CancelledError``. The
+        scene and the nodes are never modified. Otherwise returns the started :class:`LearnJob`
+        (poll it, then ``finish()`` gives the result event).
+        """
+        from .learn import LearnJob, LearnRequest, LearnTriple
+
+        if not (len(volumeNodes) == len(segmentationNodes) == len(segmentIds)):
+            raise ValueError("volumeNodes, segmentationNodes and segmentIds must have the same length.")
+        spec = model if model is not None else self.model
+        request = LearnRequest(
+            [LearnTriple(v, s, i) for v, s, i in zip(volumeNodes, segmentationNodes, segmentIds)], name,
+            validation=LearnTriple(*validation) if validation is not None else None,
+            color=tuple(int(c) for c in color) if color is not None else None, code=code or None,
+            model=str(spec) if spec not in (None, "") else None, steps=int(steps), device=device,
+            installName=installName, extraArgs=list(extraArgs))
+        job = LearnJob(request).start()
+        if not blocking:
+            return job
+        isCancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        job.wait(progressCallback=onProgress, isCancelled=isCancelled)
+        return job.finish()["model"]
 
     # -- running -----------------------------------------------------------------------------
     def segment(
@@ -168,12 +224,11 @@ class CLNetSegmentationLogic(_LogicBase):
         """Put the worker's output (``segmentation.nii.gz`` + ``segmentation.json``) into a
         segmentation node beside the input (main thread only); fills ``job.summary``."""
         import SimpleITK as sitk
-        from clnet.catalog import load_catalog
 
         inputVolumeNode, outputSegmentationNode = job.inputVolumeNode, job.outputSegmentationNode
         info = json.loads((outputDir / "segmentation.json").read_text(encoding="utf-8"))
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(outputDir / "segmentation.nii.gz")))
-        catalog = load_catalog()
+        catalog = _resultCatalog(info.get("settings", {}))
         requested = [catalog.by_name(n) for n in event.get("requested", [])]
         present = [catalog.by_name(n) for n in event.get("present", [])]
         scene = inputVolumeNode.GetScene()
@@ -217,6 +272,16 @@ def outcomeText(summary: dict) -> tuple[str, str]:
         line += f" Not found: {', '.join(summary['missing'])}."
     warnings = " ".join(summary.get("warnings", []))
     return f"Done: {found}", f"{line} {warnings}".strip()
+
+
+def _resultCatalog(settings: dict):
+    """The catalog the run used: the packaged one plus its model's "My anatomies"."""
+    from clnet.catalog import load_catalog
+    from clnet.catalog.user import catalog_for
+    from clnet.checkpoint import read_manifest
+
+    modelDir = settings.get("model_dir")
+    return catalog_for(read_manifest(modelDir)) if modelDir else load_catalog()
 
 
 def _onlyClnetSegments(segmentationNode) -> bool:

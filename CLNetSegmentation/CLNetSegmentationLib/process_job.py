@@ -154,6 +154,9 @@ class ProcessJob:
         self._events = None
         self._buffer = b""
         self._progress: tuple[str, float] = ("Waiting", 0.0)
+        self._stage = "Waiting"
+        self.progressEvent: dict | None = None
+        """The latest raw ``progress`` event (extra fields such as ``step``, ``loss``, ``eta_s``)."""
         self._messages: list[str] = []
         self._cancelAt: float | None = None
         self._done = False
@@ -302,6 +305,10 @@ class ProcessJob:
         if not self.keepWorkDir:
             shutil.rmtree(self.workDir, ignore_errors=True)
 
+    def progressText(self, event: dict) -> str:
+        """The text shown for a progress event: its stage (subclasses add their own fields)."""
+        return str(event.get("stage", ""))
+
     # -- internals ---------------------------------------------------------------------------
     def _readEvents(self, final: bool = False) -> None:
         if self._events is None:
@@ -327,9 +334,11 @@ class ProcessJob:
         kind = event["event"]
         if kind == "progress":
             stage = str(event.get("stage", ""))
-            if stage != self._progress[0]:
+            if stage != self._stage:
                 self._messages.append(stage)
-            self._progress = (stage, float(event.get("fraction", 0.0)))
+                self._stage = stage
+            self.progressEvent = event
+            self._progress = (self.progressText(event), float(event.get("fraction", 0.0)))
         elif kind == "message":
             self._messages.append(str(event.get("text", "")))
         elif kind == "result":

@@ -69,3 +69,16 @@ def savePanelScreenshot(path: str | Path, catalog, available: Iterable[str] | No
         raise RuntimeError(f"Could not save the screenshot to {path}.")
     panel.widget.close()
     return path
+
+
+def saveWidgetScreenshot(widget, path: str | Path, size: tuple[int, int] = (520, 540)) -> Path:
+    """Render any panel widget (e.g. the Learn section's) off screen and save it as PNG."""
+    app = ensureApplication()
+    widget.resize(*size)
+    widget.show()
+    app.processEvents()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not widget.grab().save(str(path)):
+        raise RuntimeError(f"Could not save the screenshot to {path}.")
+    return path
