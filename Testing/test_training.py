@@ -13,12 +13,12 @@ from clnet.manifest import Normalization, Preprocessing
 from clnet.model import CLNet
 from clnet.model.factory import build_manifest, tiny_encoder
 from clnet.training.common import decoder_config, pad_value
-from clnet.training.datasets import catalog_labels, load_dataset, prepare_cases
+from clnet.training.datasets import PreparedCase, catalog_labels, load_dataset, prepare_cases
 from clnet.training.ema import EMA
 from clnet.training.losses import partial_dice_ce
 from clnet.training.synthetic import write_synthetic_dataset
 from clnet.training.trainer import TrainConfig, fit
-from clnet.training.transforms import AugmentConfig
+from clnet.training.transforms import AugmentConfig, PatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 PREP = Preprocessing(spacing_zyx=(3.0, 3.0, 3.0), patch_size_zyx=(16, 32, 32),
@@ -66,6 +66,23 @@ def test_partial_label_loss_gradient_is_zero_for_unknown_only_mass() -> None:
 
 
 # ------------------------------------------------------------------------------------------ EMA
+
+
+@pytest.mark.parametrize("labels_dtype", [np.uint8, np.uint16])
+def test_foreground_patches_contain_the_anatomy_wherever_it_is(labels_dtype) -> None:
+    # A small organ far from the first slices: every foreground patch must hold it. (The indices
+    # once came from a (y, x) projection and all foreground patches landed in the first slices.)
+    image = np.zeros((40, 24, 20), np.float32)
+    labels = np.zeros(image.shape, labels_dtype)
+    labels[30:34, 3:6, 14:17] = 1000 if labels_dtype == np.uint16 else 82
+    image[labels > 0] = 1.0
+    lab = int(labels.max())
+    sampler = PatchSampler([PreparedCase("c", image, labels, frozenset({lab}))], [lab], (8, 8, 8), 0.0,
+                           fg_fraction=1.0, augment=AugmentConfig(affine_prob=0, intensity_prob=0))
+    for step in range(10):
+        x, y, _ = sampler.sample(step, 2)
+        assert ((y == lab).flatten(1).any(1)).all()
+        assert torch.equal(x[:, 0] > 0.5, y == lab)  # image and labels stay aligned
 
 
 def test_ema_update_math() -> None:

@@ -92,7 +92,9 @@ class PatchSampler:
         for c in cases:
             img = _pad_to(c.image, self.patch, pad_value)
             lab = _pad_to(c.labels, self.patch, 0)
-            fg, bg = map_binary_to_indices(torch.from_numpy(fg_lut[lab]), None, 0)
+            # MONAI reduces the first axis as a channel axis: without [None] the indices would be
+            # those of a (y, x) projection, unravelled as if they were (z, y, x) ones.
+            fg, bg = map_binary_to_indices(torch.from_numpy(fg_lut[lab])[None], None, 0)
             self.items.append({"image": img[None], "label": lab[None], "fg": fg, "bg": bg})
         pos = max(0.0, min(1.0, fg_fraction))
         crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=self.patch,
