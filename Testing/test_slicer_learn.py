@@ -304,6 +304,8 @@ def test_cancel_stops_training_and_installs_nothing(home, base_model, scene):
         job.finish()
     assert not job.workDir.exists()  # the exported CT and masks are gone
     assert visible() == before and [n for n, _p, _m in list_models()] == models
+    hidden = list((home / "models").glob(".learn-*")) if (home / "models").exists() else []
+    assert hidden == []  # the worker removed its staging folder (resampled scans, checkpoints) too
 
 
 # -- the panel's Learn section (PySide6, off screen) ----------------------------------------------

@@ -281,3 +281,7 @@ def test_error_mapping_without_processes():
     missing = failureFromExit(1, "Traceback ...\nModuleNotFoundError: No module named 'numpy.core'\n")
     assert isinstance(missing, DependencyMissingError) and "'numpy'" in str(missing)
     assert isinstance(failureFromExit(3, "x"), ClnetError)
+    # A training or download job names itself: not "the segmentation process".
+    killed = str(failureFromExit(-signal.SIGKILL, "", task="training"))
+    assert killed.startswith("The training process was killed") and "Fast mode" not in killed
+    assert "download process" in str(errorFromEvent({"type": "MemoryError", "message": ""}, task="download"))

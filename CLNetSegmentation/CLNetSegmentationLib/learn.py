@@ -273,6 +273,8 @@ class LearnJob(ProcessJob):
     ``model_dir``, ``anatomies``, ``validation_dice``…) or raises the run's error.
     """
 
+    task = "training"
+
     def __init__(self, request: LearnRequest, **kwargs) -> None:
         super().__init__(["add-decoder"], **kwargs)
         self.request = request

@@ -37,7 +37,7 @@ def formatSize(n: int | None) -> str:
 
 def listHeadsJob() -> ProcessJob:
     """A not-started job whose result event lists the release's heads (``heads``, ``common_bytes``)."""
-    return ProcessJob(["models", "download", "official", "--list-heads", "--progress", "json"])
+    return ProcessJob(["models", "download", "official", "--list-heads", "--progress", "json"], task="download")
 
 
 def downloadJob(heads: Sequence[str] | None = None, setDefault: bool = True) -> ProcessJob:
@@ -48,7 +48,7 @@ def downloadJob(heads: Sequence[str] | None = None, setDefault: bool = True) -> 
         args.append("--set-default")
     if heads:
         args += ["--heads", *heads]
-    return ProcessJob([*args, "--progress", "json"])
+    return ProcessJob([*args, "--progress", "json"], task="download")
 
 
 def listHeads(timeout: float = LIST_TIMEOUT_SECONDS) -> tuple[list[dict], int]:

@@ -129,6 +129,9 @@ class ProcessJob:
     (:attr:`workDir`) is deleted by ``finish``/``cancel`` unless ``keepWorkDir``.
     """
 
+    task = "segmentation"
+    """What the job does, as its error messages name it ("The training process ran out of memory")."""
+
     def __init__(
         self,
         args: Sequence[str],
@@ -139,7 +142,10 @@ class ProcessJob:
         workDir: str | os.PathLike | None = None,
         keepWorkDir: bool = False,
         graceSeconds: float = GRACE_SECONDS,
+        task: str | None = None,
     ) -> None:
+        if task is not None:
+            self.task = task
         self.args = list(args)
         if "--progress" not in self.args:
             self.args += ["--progress", "json"]
@@ -282,9 +288,9 @@ class ProcessJob:
             if self.cancelRequested:
                 raise CancelledError(self.cancelReason or "Cancelled by the user.")
             if self.errorEvent is not None:
-                raise errorFromEvent(self.errorEvent, self.details)
+                raise errorFromEvent(self.errorEvent, self.details, self.task)
             if self.resultEvent is None or self.returncode != 0:
-                raise failureFromExit(self.returncode, self.details)
+                raise failureFromExit(self.returncode, self.details, self.task)
             return self._onResult(self.resultEvent) if self._onResult is not None else self.resultEvent
         finally:
             self.removeWorkDir()

@@ -32,14 +32,14 @@ def missingModule(text: str) -> str | None:
     return match.group(1).split(".")[0] if match else None
 
 
-def dependencyMissing(module: str) -> DependencyMissingError:
+def dependencyMissing(module: str, task: str = "segmentation") -> DependencyMissingError:
     if module == "torch":
         return DependencyMissingError(
-            "PyTorch is not installed in 3D Slicer's Python, so the segmentation process cannot run.",
+            f"PyTorch is not installed in 3D Slicer's Python, so the {task} process cannot run.",
             "Install the PyTorch extension from the Extensions Manager and restart Slicer, then press "
             "Segment: the module installs PyTorch through it.")
     return DependencyMissingError(
-        f"The Python package '{module}' is not installed in 3D Slicer's Python, so the segmentation "
+        f"The Python package '{module}' is not installed in 3D Slicer's Python, so the {task} "
         "process cannot run.",
         "Press Segment again and accept the installation, or run "
         f"slicer.util.pip_install('{module}') in Slicer's Python console.")
@@ -50,11 +50,11 @@ def _lastLines(text: str, count: int = 3) -> str:
     return " | ".join(lines[-count:])
 
 
-def errorFromEvent(event: dict, details: str = "") -> ClnetError:
+def errorFromEvent(event: dict, details: str = "", task: str = "segmentation") -> ClnetError:
     """The exception for a worker's ``error`` event (same class as in the worker when it is one of
-    clnet's own errors)."""
+    clnet's own errors). ``task`` names the job in messages: "segmentation", "training", ..."""
     kind = str(event.get("type") or "")
-    message = str(event.get("message") or "The segmentation failed.")
+    message = str(event.get("message") or f"The {task} failed.")
     hint = event.get("hint") or None
     if kind == "CancelledError":
         return CancelledError(message)
@@ -63,10 +63,10 @@ def errorFromEvent(event: dict, details: str = "") -> ClnetError:
         return cls(message, hint)
     module = missingModule(message) if kind in ("ModuleNotFoundError", "ImportError") else None
     if module:
-        return dependencyMissing(module)
+        return dependencyMissing(module, task)
     if kind == "MemoryError":
-        return WorkerError("The segmentation process ran out of memory.", _MEMORY_HINT)
-    return WorkerError(f"The segmentation failed with an unexpected error ({kind}: {message}).",
+        return WorkerError(f"The {task} process ran out of memory.", _memoryHint(task))
+    return WorkerError(f"The {task} failed with an unexpected error ({kind}: {message}).",
                        "The module's log shows the details; please report them with the input's size and "
                        "the model used.")
 
@@ -75,23 +75,29 @@ _MEMORY_HINT = ("Try Fast mode or fewer anatomies, close other programs, or run 
                 "(CPU / GPU).")
 
 
-def failureFromExit(returncode: int | None, details: str = "") -> WorkerError:
+def _memoryHint(task: str) -> str:
+    if task == "segmentation":
+        return _MEMORY_HINT
+    return "Close other programs, or run on the other device (CPU / GPU)."
+
+
+def failureFromExit(returncode: int | None, details: str = "", task: str = "segmentation") -> WorkerError:
     """The exception for a worker that ended without a result or error event."""
     module = missingModule(details)
     if module:
-        return dependencyMissing(module)
+        return dependencyMissing(module, task)
     if returncode == 0:
-        return WorkerError("The segmentation process ended without a result.",
+        return WorkerError(f"The {task} process ended without a result.",
                            f"Its last output: {_lastLines(details) or 'none'}.")
     signalNumber = _signalOf(returncode)
     if signalNumber == 9:  # SIGKILL: what the Linux OOM killer sends
-        return WorkerError("The segmentation process was killed (SIGKILL), most likely because the computer "
-                           "ran out of memory.", _MEMORY_HINT)
+        return WorkerError(f"The {task} process was killed (SIGKILL), most likely because the computer "
+                           "ran out of memory.", _memoryHint(task))
     if signalNumber is not None or "exit abnormally" in (details or "") or _isWindowsCrash(returncode):
         name = _signalName(signalNumber) if signalNumber is not None else f"exit code {returncode}"
-        return WorkerError(f"The segmentation process stopped unexpectedly ({name}); it was killed or it "
-                           "crashed, often because memory ran out.", _MEMORY_HINT)
-    return WorkerError(f"The segmentation process failed (exit code {returncode}).",
+        return WorkerError(f"The {task} process stopped unexpectedly ({name}); it was killed or it "
+                           "crashed, often because memory ran out.", _memoryHint(task))
+    return WorkerError(f"The {task} process failed (exit code {returncode}).",
                        f"Its last output: {_lastLines(details) or 'none'}.")
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import scratch
 from ..errors import ClnetError, ModelError
 from ..manifest import Manifest
 
@@ -73,10 +74,12 @@ class Staging:
     def beside(cls, parent: Path, label: str) -> Staging:
         parent.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f".learn-{label}-", dir=parent))
+        scratch.remove_on_abort(root)  # a cancelled worker removes it too (clnet.worker)
         return cls(root, root / "model")
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        scratch.forget(self.root)
 
 
 def remove_stale_staging(parent: Path, older_than: float = 24 * 3600) -> None:
