@@ -8,7 +8,7 @@ The upper slab (the cranial part of the spleen) is held out: never trained on, o
 Slicer module runs), on 2 CPU threads. Then the example CT is segmented with the old and the new
 model, and every old anatomy's voxels are compared.
 
-    python benchmarks/learn_anatomy.py [--steps 180] [--lr 1e-2] [--shared ../shared]
+    python benchmarks/learn_anatomy.py [--steps 180] [--lr LR] [--fg-fraction F] [--shared ../shared]
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def write_painted(labels: sitk.Image, z0: int, z1: int, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=180)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: add-decoder's)")
+    ap.add_argument("--fg-fraction", type=float, default=None, help="foreground patch share (default: add-decoder's)")
     ap.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     ap.add_argument("--held-out", type=float, default=0.35, help="share of the spleen's slices held out (cranial)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "learn_anatomy.md")
@@ -82,6 +83,8 @@ def main() -> int:
         sitk.WriteImage(ct[:, :, split:], str(t / "held_ct.nii.gz"), True)
         write_painted(ref, 0, split, t / "train.seg.nrrd")
         write_painted(ref, split, depth, t / "held.seg.nrrd")
+        tuning = [*(["--lr", str(args.lr)] if args.lr is not None else []),
+                  *(["--fg-fraction", str(args.fg_fraction)] if args.fg_fraction is not None else [])]
         out = io.StringIO()
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(out):
@@ -89,7 +92,7 @@ def main() -> int:
                              "--color", "157", "108", "162", "--code", "SCT^78961009^Spleen",
                              "--pair", str(t / "train_ct.nii.gz"), str(t / "train.seg.nrrd"), SEGMENT,
                              "--validate", str(t / "held_ct.nii.gz"), str(t / "held.seg.nrrd"), SEGMENT,
-                             "-o", str(t / "new"), "--steps", str(args.steps), "--lr", str(args.lr), "--fg-fraction", "0.9",
+                             "-o", str(t / "new"), "--steps", str(args.steps), *tuning,
                              "--device", "cpu", "--progress", "json", "--work-dir", str(t / "work")])
         wall = time.perf_counter() - t0
         events = [e for e in map(parse_event, out.getvalue().splitlines()) if e]
@@ -109,19 +112,26 @@ def main() -> int:
                                                             r.decoder_labels.items()}, time.perf_counter() - t1)
         (old, old_heads, t_old), (new, new_heads, t_new) = seg["old"], seg["new"]
         mine = new == 1000
+        head = new_heads["my_spleen"] > 0  # the new decoder's own output, before the merge with old decoders
+        lost = spleen & ~mine & (new > 0)  # reference spleen voxels an old anatomy kept in the merge
         heads_same = all(np.array_equal(old_heads[d], new_heads[d]) for d in old_heads)
         outside_same = bool(np.array_equal(old[~mine], new[~mine]))
         taken = int(np.count_nonzero(mine & (old > 0)))
         added = sum(f.stat().st_size for f in (t / "new").iterdir()) - sum(f.stat().st_size for f in base.iterdir())
         decoder_bytes = (t / "new" / "decoder_my_spleen.safetensors").stat().st_size
+        manifest = json.loads((t / "new" / "manifest.json").read_text(encoding="utf-8"))
+        used = manifest["decoders"]["my_spleen"]["info"]["provenance"]["config"]
         old_spleen = old == 82  # the demo's own Spleen channel
 
     rows = [
-        ("steps (batch 2, patch 48×64×64, frozen encoder, AdamW lr " + f"{args.lr:g}, 90 % foreground patches)", f"{args.steps}"),
+        (f"steps (batch {used['batch_size']}, patch {'×'.join(map(str, used['patch_size_zyx']))}, frozen encoder, "
+         f"{used['optimizer']} lr {used['lr']:g}, {used['fg_fraction']:.0%} foreground patches)", f"{args.steps}"),
         ("wall time of `clnet add-decoder` (prepare, train, validate ×10, verify)", f"{wall:.0f} s"),
         ("final training loss", f"{losses[-1]:.3f} (first step {losses[0]:.3f})"),
         ("Dice of My spleen on the training slab, model grid (`training_dice`)", f"{result['training_dice']:.3f}"),
         ("Dice of My spleen on the held-out slab, model grid (`validation_dice`)", f"{result['validation_dice']:.3f}"),
+        ("Dice of the new decoder's own output on the whole CT: training slab / held-out slab",
+         f"{dice(head[:split], spleen[:split]):.3f} / {dice(head[split:], spleen[split:]):.3f}"),
         ("Dice on the training slab, full segmentation, input grid",
          f"{dice(mine[:split], spleen[:split]):.3f}"),
         ("Dice on the held-out slab, full segmentation, input grid",
@@ -130,6 +140,7 @@ def main() -> int:
         ("old decoders' own outputs (per-decoder label maps) bit-identical", f"{heads_same}"),
         ("every old label voxel-for-voxel identical outside My spleen's voxels", f"{outside_same}"),
         ("voxels My spleen took over from old labels (confidence merge)", f"{taken}"),
+        ("reference spleen voxels an old anatomy kept (confidence merge)", f"{int(lost.sum())} of {int(spleen.sum())}"),
         ("model size added (new decoder file / whole folder)", f"{decoder_bytes:,} / {added:,} bytes"),
         ("segmenting the example CT, old / new model", f"{t_old:.1f} s / {t_new:.1f} s"),
     ]
