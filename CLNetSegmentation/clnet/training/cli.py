@@ -240,7 +240,7 @@ def register(sub) -> None:
                    help="bar: a progress bar on stderr (default); json: JSON events on stdout (clnet/events.py): "
                         "progress with step, loss, eta_s and validation_dice, then a result; none: silent")
     # Half the patches anywhere: a new head on one painted scan otherwise learns too little of what
-    # its anatomy is not (benchmarks/learn_anatomy.py: Dice 0.62 with 0.67, 0.92 with 0.5).
+    # its anatomy is not (benchmarks/results/learn_anatomy.md: 0.62-0.91 with 0.67, 0.89-0.94 with 0.5).
     _optim_args(a, steps=500, lr=2e-3, data_required=False, fg_fraction=0.5)
     a.set_defaults(func=cmd_add_decoder)
 
