@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 from clnet.catalog import Anatomy
 from clnet.checkpoint import sha256_file
-from clnet.errors import ClnetError
+from clnet.errors import ClnetError, ModelError
+from clnet.manifest import Manifest
 from clnet.training.pairs import segment_mask
 from clnet.training.trainer import TrainConfig
 from clnet.training.transforms import AugmentConfig
@@ -117,6 +118,12 @@ def test_learned_model_keeps_old_files_and_owns_the_new_anatomy(learned: Path, t
     assert user["name"] == NEW and user["label"] >= 1000 and user["decoder"] == "mine"
     assert user["color"] == [10, 200, 30] and user["code"] == ["SCT", "421060004", "Spinal bone"]
     assert manifest.decoders["mine"].anatomies == [NEW]
+    # Format 2 only where a format-1 reader would silently misread the model (its user anatomy).
+    assert json.loads((learned / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((tiny_model_dir / "manifest.json").read_text())["format_version"] == 1
+    future = json.loads((learned / "manifest.json").read_text()) | {"format_version": 3}
+    with pytest.raises(ModelError, match="newer than this clnet"):
+        Manifest.from_dict(future)
     [pair] = manifest.decoders["mine"].info["training_pairs"]
     assert pair == {"image": example_ct.name, "image_sha256": sha256_file(example_ct),
                     "segmentation": painted.name, "segmentation_sha256": sha256_file(painted), "segment": PAINTED}

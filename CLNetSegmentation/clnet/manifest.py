@@ -16,7 +16,10 @@ from .errors import ModelError
 from .model.config import DecoderConfig, EncoderConfig
 
 FORMAT_NAME = "clnet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest manifest format this clnet reads. A manifest is written as format 2 only when it uses
+what format 1 readers would get wrong without noticing (user anatomies, decoders that replace
+another's anatomies); every other model stays format 1, readable by older clnet versions."""
 MANIFEST_NAME = "manifest.json"
 
 
@@ -300,10 +303,14 @@ class Manifest:
         return {a for a in self.decoders[decoder].anatomies
                 if owner[a] != decoder and a in self.decoders[owner[a]].replaces}
 
+    def format_version(self) -> int:
+        """1, or 2 for a model with user anatomies or corrections (see ``FORMAT_VERSION``)."""
+        return 2 if self.user_anatomies or any(d.replaces for d in self.decoders.values()) else 1
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version(),
             "name": self.name,
             "version": self.version,
             "description": self.description,
