@@ -342,3 +342,27 @@ def test_correction_wins_and_other_anatomies_are_bit_identical(tiny_model_dir: P
     assert not np.any((new == spleen) & old_spleen_channel & ~fix2)  # ... abdomen's Spleen channel is ignored
     keep = (old != spleen) & ~fix2  # away from Spleen (old or new), every voxel is what it was
     assert np.array_equal(new[keep], old[keep])
+
+
+def test_painted_examples_give_the_decoder_a_body_part_window(example_ct: Path, tmp_path: Path) -> None:
+    """The window covers the painted slices' scores with a margin, and leaves out slices far from them."""
+    from clnet.bodypart import load_default
+    from clnet.training.datasets import CaseSpec
+    from clnet.training.painted_window import MIN_MARGIN, painted_window
+
+    img = sitk.ReadImage(str(example_ct))
+    mask = np.zeros(sitk.GetArrayViewFromImage(img).shape, np.uint8)  # (z, y, x), z from the file's first slice
+    mask[2:8, 40:60, 40:60] = 1
+    m = sitk.GetImageFromArray(mask)
+    m.CopyInformation(img)
+    sitk.WriteImage(m[:, :, 0:20], str(tmp_path / "mask.nrrd"))  # a cropped mask is placed by its geometry
+    scorer = load_default()
+    scores = np.asarray(scorer.score_details(img).cleaned)  # LPS slices: the file's z order here (RAS file)
+    assert scores[-1] > scores[0]
+    spec = CaseSpec("pair000", example_ct, tmp_path / "mask.nrrd", {1: "x"})
+    lo, hi = painted_window(scorer, [spec])
+    painted = scores[2:8]
+    assert lo <= painted.min() - MIN_MARGIN + 0.01 and hi >= painted.max() + MIN_MARGIN - 0.01
+    assert scores[-1] > hi  # the top of this scan is far above the painted pelvis slices
+    # A correction keeps the old window inside the new one.
+    assert painted_window(scorer, [spec], previous=(lo - 30, lo + 1)) == (round(lo - 30, 2), hi)

@@ -65,6 +65,17 @@ class SegmentationResult:
         }
 
 
+def bodypart_scorer(model: LoadedModel) -> tuple[BodyPartModel | BpregModel, str]:
+    """The body-part network that scores slices for ``model``, and "model" or "bundled": its own
+    (manifest ``bodypart``, verified when loaded) if it has one, else clnet's bundled one."""
+    own = model.manifest.extra.get("bodypart")  # older manifests: a clnet model file under extra
+    if model.bodypart is not None:
+        return model.bodypart, "model"
+    if own and model.directory is not None:
+        return BodyPartModel.load(model.directory / own["file"], sha256=own["sha256"]), "model"
+    return load_default_bodypart(), "bundled"
+
+
 class Segmenter:
     """Segments CTs with one CL-Net model.
 
@@ -300,13 +311,7 @@ class Segmenter:
         """The model's own body-part network if it has one (manifest ``bodypart``, verified when the model
         was loaded), else the bundled one; loaded once. Also says which one it is."""
         if self._bodypart is None:
-            own = self.manifest.extra.get("bodypart")  # older manifests: a clnet model file under extra
-            if self.model.bodypart is not None:
-                self._bodypart = (self.model.bodypart, "model")
-            elif own and self.model.directory is not None:
-                self._bodypart = (BodyPartModel.load(self.model.directory / own["file"], sha256=own["sha256"]), "model")
-            else:
-                self._bodypart = (load_default_bodypart(), "bundled")
+            self._bodypart = bodypart_scorer(self.model)
         return self._bodypart
 
     def _gate(self, image: sitk.Image, decoders: Sequence[str], wanted: set[str], warnings: list[str],

@@ -27,6 +27,7 @@ from ..model import CLNet
 from .common import check_patch, decoder_config, pad_value, provenance, select_training_device
 from .datasets import CaseSpec, PreparedCase, catalog_labels, load_dataset, prepare_cases, resolve_anatomies
 from .distributed import barrier, cleanup, init_distributed
+from .painted_window import painted_window
 from .pairs import pair_cases
 from .stage1 import check_coverage, evaluate_heads, save_rewind_snapshot
 from .trainer import TrainConfig, fit, seed_everything
@@ -138,6 +139,17 @@ def _check_pairs_overlap(cases: Sequence[PreparedCase], pairs, labels: Sequence[
                              "Pair each segmentation with the CT it was painted on.")
 
 
+def _painted_window(loaded, specs: Sequence[CaseSpec], replaces: dict[str, str], names: Sequence[str]):
+    """The new decoder's body-part window from its painted examples (see painted_window)."""
+    from ..inference.segmenter import bodypart_scorer
+
+    scorer, _source = bodypart_scorer(loaded)
+    previous = None
+    if names[0] in replaces:  # a correction: keep the old decoder's window for that anatomy inside
+        previous = loaded.manifest.decoders[replaces[names[0]]].window_for([names[0]])
+    return painted_window(scorer, [s for s in specs if s.case_id.startswith("pair")], previous)
+
+
 def add_decoder(
     model_dir: str | Path,
     name: str,
@@ -206,6 +218,7 @@ def add_decoder(
         cases = prepare_cases(specs, prep, cache_dir=cache_dir or work / "cache", catalog=catalog)
         _check_pairs_overlap(cases, pairs, catalog_labels(names, catalog))
         check_coverage(cases, name, names, catalog)
+        window = _painted_window(loaded, specs, replaces, names) if pairs and data is None else None
         held_out = (prepare_held_out(validate, names, pair_record, prep, work, catalog)
                     if validate is not None else None)
         say("prepare", 1.0)
@@ -253,7 +266,8 @@ def add_decoder(
         if not info.is_main:
             barrier(info)
             return None
-        entry = DecoderEntry(name, names, network.decoders[name].config, replaces=replaces)
+        entry = DecoderEntry(name, names, network.decoders[name].config, replaces=replaces, bodypart_range=window,
+                             anatomy_bodypart_ranges={names[0]: window} if window else {})
         entry.info = {
             "steps": cfg.steps,
             "stage": "add-decoder (frozen encoder)",
