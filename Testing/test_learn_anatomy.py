@@ -118,6 +118,8 @@ def test_learned_model_keeps_old_files_and_owns_the_new_anatomy(learned: Path, t
     assert user["name"] == NEW and user["label"] >= 1000 and user["decoder"] == "mine"
     assert user["color"] == [10, 200, 30] and user["code"] == ["SCT", "421060004", "Spinal bone"]
     assert manifest.decoders["mine"].anatomies == [NEW]
+    window = manifest.decoders["mine"].bodypart_range  # around the painted slices (painted_window)
+    assert window is not None and manifest.decoders["mine"].anatomy_bodypart_ranges == {NEW: window}
     # Format 2 only where a format-1 reader would silently misread the model (its user anatomy).
     assert json.loads((learned / "manifest.json").read_text())["format_version"] == 2
     assert json.loads((tiny_model_dir / "manifest.json").read_text())["format_version"] == 1
