@@ -147,6 +147,8 @@ def _painted_window(loaded, specs: Sequence[CaseSpec], replaces: dict[str, str],
     previous = None
     if names[0] in replaces:  # a correction: keep the old decoder's window for that anatomy inside
         previous = loaded.manifest.decoders[replaces[names[0]]].window_for([names[0]])
+        if previous is None:  # the anatomy ran everywhere before: so does its correction
+            return None
     return painted_window(scorer, [s for s in specs if s.case_id.startswith("pair")], previous)
 
 
