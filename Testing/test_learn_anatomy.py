@@ -368,3 +368,26 @@ def test_painted_examples_give_the_decoder_a_body_part_window(example_ct: Path, 
     assert scores[-1] > hi  # the top of this scan is far above the painted pelvis slices
     # A correction keeps the old window inside the new one.
     assert painted_window(scorer, [spec], previous=(lo - 30, lo + 1)) == (round(lo - 30, 2), hi)
+
+
+def test_correcting_one_of_my_anatomies(learned: Path, example_ct: Path, painted: Path, tmp_path: Path) -> None:
+    """Retraining a user anatomy is a correction: same label, the new decoder owns it, old files identical."""
+    from clnet.checkpoint import load_model
+    from clnet.training.add_decoder import add_decoder
+    from clnet.training.learn import anatomies_of
+
+    cfg = TrainConfig(steps=2, batch_size=1, patch_size_zyx=(16, 32, 32), warmup_steps=1, ema_decay=0.0,
+                      augment=AugmentConfig(affine_prob=0.0, intensity_prob=0.0), checkpoint_every=1000)
+    before = load_model(learned).manifest
+    out = tmp_path / "v3"
+    add_decoder(learned, "mine_again", None, [NEW.lower()], out, cfg, progress=False, evaluate=False,
+                pairs=[(str(example_ct), str(painted), PAINTED)])
+    after = load_model(out).manifest
+    [user] = after.user_anatomies
+    assert user["decoder"] == "mine_again" and user["label"] == before.user_anatomies[0]["label"]
+    assert after.decoders["mine_again"].replaces == {NEW: "mine"} and after.anatomy_owner()[NEW] == "mine_again"
+    assert after.ignored_channels("mine") == {NEW}
+    assert anatomies_of(after, "mine_again") == [{"name": NEW, "label": user["label"], "new": False,
+                                                  "replaces": "mine"}]
+    for f in learned.glob("*.safetensors"):
+        assert sha256_file(out / f.name) == sha256_file(f)

@@ -256,11 +256,18 @@ def test_request_errors_are_specific(home, base_model, scene):
         all(p.name.startswith("learn-base-painted-body") for p in (home / "models").iterdir())
 
 
-def test_a_clash_with_one_of_my_anatomies_is_refused(learned, scene):
+def test_one_of_my_anatomies_is_retrained_as_a_correction(learned, scene):
+    from CLNetSegmentationLib.learn import addDecoderArguments
+
     _scene, volume, seg, *_held = scene
     request = LearnRequest([LearnTriple(volume, seg, segmentId(seg, NEW))], NEW.upper(), model=learned["name"])
-    with pytest.raises(ClnetError, match="already has an anatomy named 'Painted body'"):
-        checkRequest(request)
+    modelDir, _manifest, kind, name = checkRequest(request)
+    assert (kind, name) == ("mine", NEW)  # the model's own spelling, whatever the case typed
+    args = addDecoderArguments(request, Path(modelDir), kind, name, [(Path("ct.nrrd"), Path("m.nrrd"), "1")], None, "v3")
+    assert args[args.index("--anatomies") + 1] == NEW and "--new-anatomy" not in args
+    recoloured = LearnRequest([LearnTriple(volume, seg, segmentId(seg, NEW))], NEW, color=(1, 2, 3), model=learned["name"])
+    with pytest.raises(ClnetError, match="already one of the model's anatomies"):
+        checkRequest(recoloured)
     catalog = LearnRequest([LearnTriple(volume, seg, segmentId(seg, NEW))], "left kidney", model=learned["name"])
     assert checkRequest(catalog)[2:] == ("catalog", "Kidney_L")
 
@@ -360,6 +367,9 @@ def test_learn_section_trains_and_selects_the_new_version(app, home, learned, sc
 
         section.setModelChoices(modelChoices(), str(home / "models" / learned["name"]))
         assert section.trainButton.toolTip() == ROLLBACK_TIP and "roll back" in ROLLBACK_TIP
+        section.anatomyCombo.setEditText(NEW.lower())  # one of the chosen base model's own anatomies
+        assert section.anatomyKind() == "mine" and not section.colorButton.isEnabled()
+        assert "retrains" in section.modeLabel.text()
         section.anatomyCombo.setEditText("Panel body")
         assert section.anatomyKind() == "new" and section.colorButton.isEnabled()
         section.stepsSpin.setValue(4)

@@ -81,7 +81,8 @@ def slug(text: str) -> str:
 # -- checks ----------------------------------------------------------------------------------
 def resolveAnatomy(request: LearnRequest, manifest) -> tuple[str, str]:
     """("catalog", canonical name) for a catalog anatomy (a correction when the model has it, else a
-    new head for it), ("new", name) for a new user anatomy; raises on a clash or bad name/colour/code."""
+    new head for it), ("mine", name) for one of the model's own anatomies (a correction of it),
+    ("new", name) for a new user anatomy; raises on bad name/colour/code."""
     from clnet.catalog import load_catalog
     from clnet.catalog.user import new_user_anatomy, user_anatomies
 
@@ -99,8 +100,11 @@ def resolveAnatomy(request: LearnRequest, manifest) -> tuple[str, str]:
         return "catalog", entry.name
     for existing in user_anatomies(manifest):
         if existing.name.lower() == name.lower():
-            raise _error(f"The model '{manifest.name}' already has an anatomy named '{existing.name}' "
-                         "(in My anatomies).", "Type another name for the new anatomy.")
+            if request.color is not None or request.code:
+                raise _error(f"'{existing.name}' is already one of the model's anatomies (My anatomies); its "
+                             "colour and code stay as they are.",
+                             "Leave colour and code empty to retrain it, or type another name for a new anatomy.")
+            return "mine", existing.name
     # Same rules as the engine (name characters, colour range, code syntax), checked before any export.
     new_user_anatomy(name, list(manifest.user_anatomies or []), "check", request.color, request.code)
     return "new", name
@@ -224,7 +228,7 @@ def addDecoderArguments(request: LearnRequest, modelDir: Path, kind: str, anatom
                         installName: str) -> list[str]:
     """The ``clnet add-decoder`` argument list (see the learn contract)."""
     args = ["add-decoder", "--model", str(modelDir)]
-    if kind == "catalog":
+    if kind in ("catalog", "mine"):  # the engine corrects an anatomy the model already has
         args += ["--anatomies", anatomy]
     else:
         args += ["--new-anatomy", anatomy]

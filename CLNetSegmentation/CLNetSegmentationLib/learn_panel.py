@@ -172,8 +172,9 @@ class LearnSection:
         self.anatomyCombo.setEditable(True)
         self.anatomyCombo.setInsertPolicy(qt.QComboBox.NoInsert)
         self.anatomyCombo.setToolTip("A catalog anatomy: the model learns it, or corrects it when it already has it "
-                                     "(only that anatomy's decoder is replaced). Any other name: a new anatomy, "
-                                     "listed under My anatomies.")
+                                     "(only that anatomy's decoder is replaced). One of the model's own anatomies: "
+                                     "it is retrained the same way. Any other name: a new anatomy, listed under "
+                                     "My anatomies.")
         self._fillAnatomies()
         self.anatomyCombo.editTextChanged.connect(lambda _t: self._updateMode())
         form.addRow("Anatomy:", self.anatomyCombo)
@@ -191,6 +192,7 @@ class LearnSection:
         form.addRow("New anatomy:", colorRow)
         self.baseModelCombo = qt.QComboBox()
         self.baseModelCombo.setToolTip("The model to extend. " + ROLLBACK_TIP)
+        self.baseModelCombo.currentIndexChanged.connect(lambda _i: self._updateMode())  # "mine" depends on it
         form.addRow("Base model:", self.baseModelCombo)
         self.stepsSpin = qt.QSpinBox()
         self.stepsSpin.setRange(1, 100000)
@@ -265,11 +267,28 @@ class LearnSection:
         self.baseModelCombo.setCurrentIndex(max(0, self.baseModelCombo.findData(current)))
 
     def anatomyKind(self) -> str:
-        """"catalog", "new" or "" (no name yet) for the typed anatomy name."""
+        """"catalog", "mine" (one of the base model's own anatomies), "new" or "" (no name yet) for the
+        typed anatomy name."""
         from clnet.catalog import load_catalog
 
         name = qtValue(self.anatomyCombo, "currentText").strip()
-        return "" if not name else "catalog" if load_catalog().get(name) is not None else "new"
+        if not name:
+            return ""
+        if load_catalog().get(name) is not None:
+            return "catalog"
+        return "mine" if name.lower() in self._baseUserAnatomies() else "new"
+
+    def _baseUserAnatomies(self) -> set[str]:
+        """Lower-case names of the base model's user anatomies (empty when it cannot be read)."""
+        from clnet.catalog.user import user_anatomies
+        from clnet.checkpoint import read_manifest
+        from clnet.registry import resolve_model
+
+        try:
+            manifest = read_manifest(resolve_model(qtValue(self.baseModelCombo, "currentData") or None))
+        except Exception:  # no model yet, or a broken one: Train reports that properly
+            return set()
+        return {a.name.lower() for a in user_anatomies(manifest)}
 
     def _updateMode(self) -> None:
         kind = self.anatomyKind()
@@ -277,6 +296,8 @@ class LearnSection:
         self.modeLabel.setText({"": "Pick a catalog anatomy to correct or add it, or type a new name.",
                                 "catalog": f"Catalog anatomy: the new version learns {name}, or corrects it when the "
                                            "base model has it (its other anatomies stay unchanged).",
+                                "mine": f"One of My anatomies: the new version retrains '{name}' (a correction; "
+                                        "its label, colour and code stay).",
                                 "new": f"New anatomy '{name}': shown under My anatomies, label 1000 or higher."}[kind])
         for w in (self.colorButton, self.codeEdit):
             w.setEnabled(kind == "new")

@@ -268,6 +268,9 @@ def add_decoder(
         if not info.is_main:
             barrier(info)
             return None
+        for user in manifest.user_anatomies:  # a corrected user anatomy now belongs to the new decoder
+            if user["name"] in replaces:
+                user["decoder"] = name
         entry = DecoderEntry(name, names, network.decoders[name].config, replaces=replaces, bodypart_range=window,
                              anatomy_bodypart_ranges={names[0]: window} if window else {})
         entry.info = {

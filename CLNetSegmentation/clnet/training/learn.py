@@ -122,10 +122,9 @@ def anatomies_of(manifest: Manifest, decoder: str) -> list[dict]:
     from ..catalog.user import catalog_for
 
     catalog = catalog_for(manifest)
-    user = {u["name"] for u in manifest.user_anatomies if u.get("decoder") == decoder}
     entry = manifest.decoders[decoder]
     return [{"name": catalog.by_name(a).name, "label": catalog.by_name(a).label,
-             "new": a in user or a not in entry.replaces, "replaces": entry.replaces.get(a)}
+             "new": a not in entry.replaces, "replaces": entry.replaces.get(a)}
             for a in entry.anatomies]
 
 
