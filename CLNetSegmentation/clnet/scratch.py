@@ -13,7 +13,10 @@ import threading
 from pathlib import Path
 
 _folders: set[Path] = set()
-_lock = threading.Lock()
+# Re-entrant: the SIGTERM handler runs on the main thread, possibly while that thread is inside one
+# of these functions. Held during the removal, so a second caller (the stdin watcher and the SIGTERM
+# handler both clean up, then exit) waits until the folders are gone before it ends the process.
+_lock = threading.RLock()
 
 
 def remove_on_abort(folder: str | Path) -> None:
@@ -31,7 +34,8 @@ def forget(folder: str | Path) -> None:
 def remove_registered() -> None:
     """Remove every registered folder (best effort: the process is about to exit)."""
     with _lock:
-        folders = list(_folders)
+        for folder in list(_folders):
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():  # the run wrote into it meanwhile
+                shutil.rmtree(folder, ignore_errors=True)
         _folders.clear()
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
