@@ -18,12 +18,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..bodypart import BodyPartModel, BpregModel
+from ..bodypart import load_default as load_default_bodypart
 from ..bodypart.model import SliceScores, slice_z_mm
 from .locate import fit_range
+
+if TYPE_CHECKING:
+    from ..checkpoint import LoadedModel
+
+
+def bodypart_scorer(model: LoadedModel) -> tuple[BodyPartModel | BpregModel, str]:
+    """The body-part network that scores slices for ``model``, and "model" or "bundled": its own
+    (manifest ``bodypart``, verified when loaded) if it has one, else clnet's bundled one."""
+    own = model.manifest.extra.get("bodypart")  # older manifests: a clnet model file under extra
+    if model.bodypart is not None:
+        return model.bodypart, "model"
+    if own and model.directory is not None:
+        return BodyPartModel.load(model.directory / own["file"], sha256=own["sha256"]), "model"
+    return load_default_bodypart(), "bundled"
 
 
 @dataclass

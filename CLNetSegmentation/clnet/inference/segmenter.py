@@ -14,7 +14,6 @@ import torch
 
 from .. import __version__
 from ..bodypart import BodyPartModel, BpregModel
-from ..bodypart import load_default as load_default_bodypart
 from ..catalog import Anatomy
 from ..catalog.user import catalog_for
 from ..checkpoint import LoadedModel, load_model
@@ -23,7 +22,7 @@ from ..io import LoadedImage, read_image, validate_ct
 from ..manifest import OfficialCompat, Preprocessing
 from ..registry import resolve_model
 from .device import describe_device, select_device, select_precision
-from .gating import Gate, scoring_record
+from .gating import Gate, bodypart_scorer, scoring_record
 from .locate import LOCATE_MARGIN_MM, labelled_corners, tiling_region
 from .merge import LabelMerger, decoder_lookup, labels_present, merge_claims
 from .official_crop import gated_slices
@@ -63,17 +62,6 @@ class SegmentationResult:
             "warnings": self.warnings,
             **({"decoder_label_files": self.decoder_channels} if self.decoder_labels else {}),
         }
-
-
-def bodypart_scorer(model: LoadedModel) -> tuple[BodyPartModel | BpregModel, str]:
-    """The body-part network that scores slices for ``model``, and "model" or "bundled": its own
-    (manifest ``bodypart``, verified when loaded) if it has one, else clnet's bundled one."""
-    own = model.manifest.extra.get("bodypart")  # older manifests: a clnet model file under extra
-    if model.bodypart is not None:
-        return model.bodypart, "model"
-    if own and model.directory is not None:
-        return BodyPartModel.load(model.directory / own["file"], sha256=own["sha256"]), "model"
-    return load_default_bodypart(), "bundled"
 
 
 class Segmenter:

@@ -141,7 +141,7 @@ def _check_pairs_overlap(cases: Sequence[PreparedCase], pairs, labels: Sequence[
 
 def _painted_window(loaded, specs: Sequence[CaseSpec], replaces: dict[str, str], names: Sequence[str]):
     """The new decoder's body-part window from its painted examples (see painted_window)."""
-    from ..inference.segmenter import bodypart_scorer
+    from ..inference.gating import bodypart_scorer
 
     scorer, _source = bodypart_scorer(loaded)
     previous = None
