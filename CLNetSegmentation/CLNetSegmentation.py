@@ -255,12 +255,7 @@ class CLNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if job is None:
             self.timer.stop()
             return
-        done = job.poll()
-        text, fraction = job.progress
-        self.panel.setProgress(text, fraction)
-        for message in job.takeMessages():
-            self._log(message)
-        if not done:
+        if not job.pollInto(self.panel.setProgress, self._log):
             return
         self.timer.stop()
         self._job = None

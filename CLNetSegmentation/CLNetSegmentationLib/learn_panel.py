@@ -365,11 +365,7 @@ class LearnSection:
         if job is None:
             self.timer.stop()
             return
-        done = job.poll()
-        self.setProgress(*job.progress)
-        for message in job.takeMessages():
-            self.log(message)
-        if not done:
+        if not job.pollInto(self.setProgress, self.log):
             return
         self.timer.stop()
         self.job = None

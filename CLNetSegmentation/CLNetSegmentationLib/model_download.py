@@ -210,11 +210,7 @@ class ModelDownloader:
         if job is None:
             self.timer.stop()
             return
-        done = job.poll()
-        self.panel.setProgress(*job.progress)
-        for message in job.takeMessages():
-            self.log(message)
-        if not done:
+        if not job.pollInto(self.panel.setProgress, self.log):
             return
         self.timer.stop()
         self.job = None

@@ -256,6 +256,15 @@ class ProcessJob:
         messages, self._messages = self._messages, []
         return messages
 
+    def pollInto(self, showProgress: ProgressCallback, log: Callable[[str], None]) -> bool:
+        """:meth:`poll`, then hand the progress and the new messages to a panel (its QTimer slot's
+        body); True once the worker has ended."""
+        done = self.poll()
+        showProgress(*self.progress)
+        for message in self.takeMessages():
+            log(message)
+        return done
+
     def cancel(self, reason: str | None = None) -> None:
         """Stop the worker: close its stdin, end its process tree; kill it after the grace period.
         Also valid once the worker has ended but before :meth:`finish`: nothing is imported then."""
