@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,20 @@ def segment_and_evaluate(model: Path, ct: Path, ref: Path, out_dir: Path) -> tup
     eval_cmd = [sys.executable, "-m", "clnet", "evaluate", str(out_dir / "segmentation.nii.gz"), str(ref), "--json",
                 "--no-distances"]
     rows = json.loads(subprocess.run(eval_cmd, check=True, capture_output=True, text=True).stdout)["anatomies"]
-    return {r["name"]: round(float(r["dice"]), 4) for r in rows}, [" ".join(seg_cmd[1:]), " ".join(eval_cmd[1:])]
+    return {r["name"]: round(float(r["dice"]), 4) for r in rows}, [_shown(seg_cmd), _shown(eval_cmd)]
+
+
+def _shown(cmd: list[str]) -> str:
+    """A command as the model card prints it: ``python``, and paths in the repository or beside it
+    (../shared) relative to the repository root, so the card names no folder of the build machine."""
+    root = Path(__file__).resolve().parents[1]
+    out = ["python"]
+    for arg in cmd[1:]:
+        path = Path(arg)
+        if path.is_absolute() and root.parent in path.resolve().parents:
+            arg = os.path.relpath(path.resolve(), root)
+        out.append(arg)
+    return " ".join(out)
 
 
 def main() -> int:
